@@ -1,0 +1,80 @@
+"""One exception hierarchy for the whole runtime.
+
+Every failure the appliance can meet maps to one of these; the CLI turns them
+into a clear message and a distinct exit status, and the service treats any of
+them as "keep the door locked".
+"""
+
+
+class EdgeError(Exception):
+    """Base of every error raised on purpose by the runtime."""
+
+    exit_code = 1
+
+
+class ConfigError(EdgeError):
+    """The configuration file or an option is invalid."""
+
+    exit_code = 78  # EX_CONFIG: systemd shows it as "config" in status
+
+
+class ModelError(EdgeError):
+    """A model bundle is missing, unreadable or unusable."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
+class ModelIntegrityError(ModelError):
+    """A model file does not match the sha256 in its manifest."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class RuntimeShimError(ModelError):
+    """No usable TFLite runtime (missing, or broken by the installed numpy)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class CameraError(EdgeError):
+    """The frame source could not be opened or stopped delivering frames."""
+
+    exit_code = 74  # EX_IOERR
+
+
+class ImageError(EdgeError):
+    """An image file is unreadable, corrupt, too large or of an unsupported kind."""
+
+    exit_code = 65
+
+
+class FaceError(EdgeError):
+    """An image has no usable face, or more than one where one is required."""
+
+    exit_code = 65
+
+
+class NoFaceError(FaceError):
+    """No face passed the detector's size and score limits."""
+
+
+class MultipleFacesError(FaceError):
+    """Several faces where exactly one is required (enrollment refuses ambiguity)."""
+
+
+class GalleryError(EdgeError):
+    """The SQLite gallery cannot be opened, read or written."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
+class ModelMismatchError(GalleryError):
+    """The gallery was enrolled with a different embedder than the one loaded."""
+
+    exit_code = 65
+
+
+class PersonNotFoundError(GalleryError):
+    """No enrolled person has that name."""
+
+    exit_code = 67  # EX_NOUSER

@@ -1,0 +1,102 @@
+"""The values that flow through the pipeline, one frozen dataclass per stage.
+
+Frame -> Face (detector) -> aligned crop + embedding -> Match (gallery) ->
+Decision (over several frames).  Arrays inside are never mutated after
+construction; the dataclasses are frozen so that a stage cannot change what an
+earlier stage produced.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One capture.  ``main`` is full resolution BGR; ``lores`` is what the detector sees.
+
+    ``lores_scale`` maps lores pixel coordinates to main: ``main_xy = lores_xy * lores_scale``.
+    Sources that have no hardware lores stream derive it by resizing main.
+    """
+
+    index: int
+    timestamp: float
+    main: np.ndarray = field(repr=False)
+    lores: np.ndarray = field(repr=False)
+    lores_scale: float = 1.0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face in ``main`` coordinates: box (x, y, w, h), detector score and 5 landmarks.
+
+    Landmarks are, in image order: right eye, left eye, nose tip, right and left
+    mouth corners (the subject's right appears on the image's left).
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray = field(repr=False)  # shape (5, 2), float32
+
+    @property
+    def size(self) -> float:
+        """The shorter side of the box in pixels: what "minimum face size" limits."""
+        return float(min(self.box[2], self.box[3]))
+
+
+@dataclass(frozen=True)
+class Match:
+    """The gallery's answer for one embedding."""
+
+    person_id: int | None
+    name: str | None
+    distance: float
+    second_distance: float
+    threshold: float
+    margin: float
+
+    @property
+    def accepted(self) -> bool:
+        """Within the threshold and far enough ahead of the runner-up identity."""
+        return (
+            self.person_id is not None
+            and self.distance <= self.threshold
+            and (self.second_distance - self.distance) >= self.margin
+        )
+
+
+class Outcome(str, enum.Enum):
+    GRANTED = "granted"
+    UNKNOWN = "unknown"
+    NO_FACE = "no_face"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the decider concluded; the door service turns GRANTED into an unlock."""
+
+    outcome: Outcome
+    timestamp: float
+    frame_index: int
+    name: str | None = None
+    person_id: int | None = None
+    distance: float | None = None
+    frames: int = 0
+    window: int = 0
+    model: str = ""
+
+    def describe(self) -> str:
+        """One human line, as printed by ``edge run`` and written to the journal."""
+        if self.outcome is Outcome.GRANTED:
+            return (
+                f"granted name={self.name} distance={self.distance:.3f} "
+                f"frames={self.frames}/{self.window} frame={self.frame_index}"
+            )
+        if self.outcome is Outcome.UNKNOWN:
+            dist = "" if self.distance is None else f" distance={self.distance:.3f}"
+            return f"unknown{dist} frames={self.frames}/{self.window} frame={self.frame_index}"
+        return f"no_face frames={self.frames}/{self.window} frame={self.frame_index}"
