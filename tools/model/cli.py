@@ -1,0 +1,53 @@
+"""``edge-model``: one console script, one module per subcommand, loaded on demand.
+
+Each subcommand lives in its own module exposing a click command called
+``command``; the group imports a module only when its subcommand runs, so
+``edge-model --help`` works without the build extra installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+SUBCOMMANDS = {
+    "crops": "tools.model.crops",
+    "convert": "tools.model.convert",
+    "eval": "tools.model.evaluate",
+    "tune": "tools.model.tune",
+    "bench": "tools.model.bench",
+    "check-arm": "tools.model.check_arm",
+    "train-student": "tools.model.train_student",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx, name):
+        module_name = SUBCOMMANDS.get(name)
+        if module_name is None:
+            return None
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("tools.model"):
+                return None
+            raise click.ClickException(
+                f"'{name}' needs {exc.name}, which is in the build extra: pip install -e '.[build]'"
+            ) from exc
+        return module.command
+
+
+@click.group(cls=LazyGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Build, check and tune model bundles for the door appliance."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    main()

