@@ -1,0 +1,165 @@
+"""The recognizer: models built once at start-up, then the frame loop.
+
+Everything that can fail at start (config, model integrity, gallery/model
+mismatch, camera) fails before the first frame, with an EdgeError that says
+why; the door stays locked because nothing was ever granted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .bundle import load_bundle
+from .camera import FrameSource, open_source
+from .config import DEMO_DIR, Config
+from .decide import Decider
+from .detect import YuNetDetector
+from .embedder import TFLiteEmbedder
+from .errors import ModelError
+from .gallery import Gallery
+from .matcher import Matcher
+from .pipeline import FrameResult, analyse_frame
+from .types import Decision, Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    faces: int = 0
+    decisions: int = 0
+    granted: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_frame_at: float | None = None
+    last_decision: Decision | None = None
+
+    @property
+    def fps(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+def build_detector(config: Config) -> YuNetDetector:
+    bundle = load_bundle(config.model_path(config.detector.model), expect_kind="detector")
+    d = config.detector
+    return YuNetDetector(bundle, d.score_threshold, d.nms_threshold, d.min_face_size)
+
+
+def build_embedder(config: Config) -> TFLiteEmbedder:
+    bundle = load_bundle(config.model_path(config.embedder.model), expect_kind="embedder")
+    return TFLiteEmbedder(bundle, config.embedder.threads, config.embedder.runtime)
+
+
+def effective_threshold(config: Config, embedder: TFLiteEmbedder) -> float:
+    if config.decision.threshold > 0:
+        return config.decision.threshold
+    tuned = embedder.bundle.threshold
+    if tuned is None:
+        raise ModelError(
+            f"{embedder.bundle.root}: the manifest has no tuned threshold and decision.threshold is 0; "
+            "run 'edge-model tune' on the bundle or set decision.threshold"
+        )
+    return tuned
+
+
+def enroll_demo_people(gallery: Gallery, detector, embedder) -> list[str]:
+    """Enroll the bundled, credited demo faces (one folder per person) if they are missing."""
+    from .enroll import enroll_files
+
+    enrolled = []
+    root = DEMO_DIR / "enroll"
+    for person_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        name = person_dir.name.replace("_", " ")
+        if gallery.has_person(name):
+            continue
+        images = sorted(p for p in person_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+        enroll_files(gallery, detector, embedder, name, images)
+        enrolled.append(name)
+    return enrolled
+
+
+class Recognizer:
+    """Owns the models, the gallery handle, the matcher, the decider and the frame source."""
+
+    def __init__(self, config: Config, source: FrameSource | None = None) -> None:
+        self.config = config
+        self.detector = build_detector(config)
+        self.embedder = build_embedder(config)
+        self.threshold = effective_threshold(config, self.embedder)
+        self.gallery = Gallery(config.gallery_path())
+        if config.demo.enroll:
+            added = enroll_demo_people(self.gallery, self.detector, self.embedder)
+            if added:
+                log.info("demo gallery: enrolled %s", ", ".join(added))
+        self.matcher = Matcher(
+            self.gallery, self.embedder.model_id, self.threshold, config.decision.margin, config.gallery.reload_interval
+        )
+        d = config.decision
+        self.decider = Decider(d.frames_required, d.window_frames, d.window_seconds, d.cooldown_seconds, self.embedder.model_id)
+        self.source = source if source is not None else open_source(config)
+        log.info(
+            "recognizer ready to start: detector %s, embedder %s (%s, %d threads), threshold %.3f, %d people",
+            config.detector.model, self.embedder.model_id, self.embedder.runtime, config.embedder.threads,
+            self.threshold, self.matcher.identities,
+        )
+
+    def set_threshold(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.matcher.threshold = threshold
+
+    def close(self) -> None:
+        self.gallery.close()
+
+    def run(
+        self,
+        on_decision: Callable[[Decision], None] | None = None,
+        on_frame: Callable[[FrameResult, RunStats], None] | None = None,
+        on_started: Callable[[RunStats], None] | None = None,
+        stop: threading.Event | None = None,
+        max_frames: int | None = None,
+    ) -> RunStats:
+        """Run until the source ends, ``stop`` is set or ``max_frames`` frames were processed.
+
+        ``on_started`` fires once the camera has delivered its first frame: the
+        moment a service may report READY.
+        """
+        stats = RunStats()
+        with self.source:
+            while not (stop is not None and stop.is_set()):
+                if max_frames is not None and stats.frames >= max_frames:
+                    break
+                frame = self.source.read()
+                if frame is None:
+                    log.info("frame source ended after %d frames", stats.frames)
+                    break
+                if stats.first_frame_at is None:
+                    stats.first_frame_at = time.monotonic()
+                    if on_started is not None:
+                        on_started(stats)
+                self.matcher.maybe_reload()
+                result = analyse_frame(frame, self.detector, self.embedder, self.matcher)
+                stats.frames += 1
+                stats.faces += len(result.faces)
+                decision = self.decider.update(frame.index, frame.timestamp, list(result.matches))
+                if on_frame is not None:
+                    on_frame(result, stats)
+                if decision is not None:
+                    stats.decisions += 1
+                    stats.last_decision = decision
+                    if decision.outcome is Outcome.GRANTED:
+                        stats.granted += 1
+                        self.gallery.touch_seen(decision.person_id)
+                    self.gallery.log_event(
+                        decision.outcome.value, name=decision.name, person_id=decision.person_id,
+                        distance=decision.distance, frames=decision.frames, model_id=decision.model,
+                    )
+                    log.info("decision: %s", decision.describe())
+                    if on_decision is not None:
+                        on_decision(decision)
+        return stats

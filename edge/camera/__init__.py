@@ -1,0 +1,38 @@
+"""Frame sources behind one small interface, chosen by name (like gpiozero's pin factories).
+
+``EDGE_CAMERA=fake`` (or ``camera.source = "fake"``) selects the scriptable fake
+for tests; ``picamera2`` is imported only when chosen, so the runtime imports
+on machines without the Pi camera stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..config import Config
+from ..errors import ConfigError
+from .base import FrameSource, make_lores
+
+BACKENDS = {
+    "replay": "edge.camera.replay:ReplaySource",
+    "opencv": "edge.camera.opencv_capture:OpenCVSource",
+    "picamera2": "edge.camera.picamera2_source:Picamera2Source",
+    "fake": "edge.camera.fake:FakeSource",
+}
+
+
+def source_class(name: str) -> type[FrameSource]:
+    try:
+        module_name, cls_name = BACKENDS[name].split(":")
+    except KeyError as exc:
+        raise ConfigError(f"unknown camera source {name!r}; choose one of {', '.join(BACKENDS)}") from exc
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def open_source(config: Config) -> FrameSource:
+    """Build (not yet start) the frame source the config names."""
+    cls = source_class(config.camera.source)
+    return cls.from_config(config)
+
+
+__all__ = ["FrameSource", "make_lores", "open_source", "source_class", "BACKENDS"]

@@ -1,0 +1,279 @@
+"""``edge``: run the recognizer, check the config, manage enrolled people.
+
+A thin layer over the library: each command loads the config, calls library
+functions, and turns :class:`edge.errors.EdgeError` into a one-line message
+and the error's exit status (so systemd and scripts can tell a bad config from
+a tampered model from a dead camera).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from .errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+
+class EdgeClickError(click.ClickException):
+    def __init__(self, error: EdgeError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"edge: error: {self.format_message()}", err=True)
+
+
+def boundary(func):
+    """Domain errors become ClickExceptions here, and only here."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except EdgeError as exc:
+            raise EdgeClickError(exc) from exc
+
+    return wrapper
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    envvar="EDGE_CONFIG", help="TOML config file (default: the embedded demo config). Env: EDGE_CONFIG.",
+)
+
+
+def _load(config_path):
+    from .config import load_config
+
+    return load_config(config_path)
+
+
+@click.group()
+@click.version_option(package_name="edge-door")
+def main() -> None:
+    """Face-recognition door access: recognizer, gallery and configuration tools."""
+
+
+@main.command()
+@config_option
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per decision instead of text.")
+@boundary
+def run(config_path, max_frames, as_json):
+    """Run the recognizer and print one line per decision.
+
+    With no config it replays the bundled demo sequence against a demo gallery
+    and exits at the end of the replay.
+    """
+    from .app import Recognizer
+
+    config = _load(config_path)
+    _setup_logging(config.log_level)
+    started = time.monotonic()
+    recognizer = Recognizer(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def on_decision(decision):
+        if as_json:
+            click.echo(json.dumps({
+                "outcome": decision.outcome.value, "name": decision.name, "distance": decision.distance,
+                "frames": decision.frames, "window": decision.window, "frame": decision.frame_index,
+                "model": decision.model, "since_start_s": round(time.monotonic() - started, 3),
+            }))
+        else:
+            click.echo(decision.describe())
+
+    try:
+        stats = recognizer.run(on_decision=on_decision, stop=stop, max_frames=max_frames)
+    finally:
+        recognizer.close()
+    log.info("%d frames, %d faces, %d decisions (%d granted), %.1f fps", stats.frames, stats.faces,
+             stats.decisions, stats.granted, stats.fps)
+
+
+@main.command("check-config")
+@config_option
+@boundary
+def check_config(config_path):
+    """Validate the config and print the effective configuration (defaults filled in)."""
+    from .config import to_toml
+
+    config = _load(config_path)
+    click.echo(to_toml(config), nl=False)
+
+
+@main.group()
+def people():
+    """Enroll, list, rename and remove people."""
+
+
+def _gallery_tools(config_path):
+    from .app import build_detector, build_embedder
+    from .gallery import Gallery
+
+    config = _load(config_path)
+    _setup_logging("warning" if config.log_level == "info" else config.log_level)
+    return config, Gallery(config.gallery_path()), build_detector, build_embedder
+
+
+@people.command("add")
+@config_option
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--keep-crops", is_flag=True, help="Also store the aligned face crops (needed to re-embed later).")
+@boundary
+def people_add(config_path, name, images, keep_crops):
+    """Enroll NAME from one or more image files, each showing exactly that one person."""
+    from .enroll import enroll_files
+    from .matcher import check_gallery_model
+
+    config, gallery, build_detector, build_embedder = _gallery_tools(config_path)
+    with gallery:
+        detector, embedder = build_detector(config), build_embedder(config)
+        check_gallery_model(gallery, embedder.model_id)
+        count = enroll_files(gallery, detector, embedder, name, images, config.gallery.embedding_dtype, keep_crops)
+    click.echo(f"enrolled {name}: {count} sample(s) with {embedder.model_id}")
+
+
+@people.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@boundary
+def people_list(config_path, as_json):
+    """List enrolled people with their sample counts, models and last time seen."""
+    from .gallery import Gallery
+
+    config = _load(config_path)
+    with Gallery(config.gallery_path()) as gallery:
+        rows = gallery.people()
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in rows], default=list))
+        return
+    if not rows:
+        click.echo("no one is enrolled")
+        return
+    for r in rows:
+        seen = datetime.datetime.fromtimestamp(r.last_seen).isoformat(timespec="seconds") if r.last_seen else "never"
+        click.echo(f"{r.name}\tsamples={r.samples}\tcrops={r.crops}\tlast_seen={seen}\tmodels={','.join(r.models)}")
+
+
+@people.command("remove")
+@config_option
+@click.argument("name")
+@click.option("--forget", is_flag=True, help="Also delete the person's events, and VACUUM so nothing stays on disk.")
+@boundary
+def people_remove(config_path, name, forget):
+    """Remove NAME: embeddings and kept crops are deleted."""
+    from .gallery import Gallery
+
+    config = _load(config_path)
+    with Gallery(config.gallery_path(), create=False) as gallery:
+        counts = gallery.remove(name, forget=forget)
+        if forget:
+            gallery.vacuum()
+    click.echo(f"removed {name}: {counts['samples']} samples, {counts['crops']} crops, {counts['events']} events deleted")
+
+
+@people.command("rename")
+@config_option
+@click.argument("old")
+@click.argument("new")
+@boundary
+def people_rename(config_path, old, new):
+    """Rename an enrolled person."""
+    from .gallery import Gallery
+
+    config = _load(config_path)
+    with Gallery(config.gallery_path(), create=False) as gallery:
+        gallery.rename(old, new)
+    click.echo(f"renamed {old} to {new}")
+
+
+@main.command()
+@config_option
+@click.option("--limit", default=20, show_default=True)
+@click.option("--kind", default=None, help="Only this kind (granted, unknown, no_face, ...).")
+@click.option("--name", default=None, help="Only events of this person.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they come.")
+@boundary
+def events(config_path, limit, kind, name, follow):
+    """Show the audit trail of decisions and actuations."""
+    from .gallery import Gallery
+
+    config = _load(config_path)
+    with Gallery(config.gallery_path(), create=False) as gallery:
+        last_id = None
+        while True:
+            rows = gallery.events(limit=limit, kind=kind, name=name, after_id=last_id)
+            for row in rows:
+                when = datetime.datetime.fromtimestamp(row["ts"]).isoformat(timespec="seconds")
+                dist = "" if row["distance"] is None else f" distance={row['distance']:.3f}"
+                who = f" name={row['name']}" if row["name"] else ""
+                click.echo(f"{when} {row['kind']}{who}{dist}")
+                last_id = row["id"]
+            if not follow:
+                break
+            if last_id is None:
+                last_id = 0
+            time.sleep(0.5)
+
+
+@main.command()
+@config_option
+@boundary
+def models(config_path):
+    """List installed model bundles, verify them, and say which one the gallery was enrolled with."""
+    from .bundle import load_bundle, read_manifest
+    from .errors import ModelError
+    from .gallery import Gallery
+
+    config = _load(config_path)
+    root = config.resolved_models_dir()
+    gallery_models = {}
+    if config.gallery_path().exists():
+        with Gallery(config.gallery_path(), create=False) as gallery:
+            gallery_models = gallery.model_counts()
+    selected = {config.embedder.model, config.detector.model}
+    for folder in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
+        try:
+            bundle = load_bundle(folder)
+            state = "ok"
+            model_id = bundle.model_id
+            kind = bundle.kind
+        except ModelError as exc:
+            state = f"INVALID: {exc}"
+            manifest = read_manifest(folder)
+            model_id, kind = manifest.get("name", folder.name), manifest.get("kind", "?")
+        marks = []
+        if folder.name in selected:
+            marks.append("selected")
+        if model_id in gallery_models:
+            marks.append(f"gallery: {gallery_models[model_id]} samples")
+        click.echo(f"{folder.name}\t{kind}\t{model_id}\t{state}" + (f"\t[{'; '.join(marks)}]" if marks else ""))
+    for model_id, count in gallery_models.items():
+        if not any(model_id.split(":")[0] == p.name for p in root.iterdir()):
+            click.echo(f"(gallery holds {count} samples of {model_id}, which is not installed)")
+
+
+if __name__ == "__main__":
+    main()

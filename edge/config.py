@@ -1,0 +1,252 @@
+"""Configuration: frozen dataclasses that reject unknown keys and out-of-range values.
+
+One TOML file (``/etc/edge/edge.toml`` on a Pi) maps onto :class:`Config`.
+Every field has a documented default and bounds; a key the code does not know
+is an error, never silently ignored, because a misspelt ``threshold`` on a door
+lock must not fall back to a default nobody chose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_MODELS_DIR = PACKAGE_DIR.parent / "models"
+DEMO_DIR = PACKAGE_DIR / "demo"
+
+
+def _field(default: Any, *, lo: float | None = None, hi: float | None = None, choices: tuple | None = None, doc: str = ""):
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "doc": doc})
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = _field("replay", choices=("replay", "opencv", "picamera2", "fake"), doc="frame source backend")
+    path: str = _field("", doc="replay: folder of images or a video; opencv: /dev/videoN, an index, RTSP URL or file")
+    width: int = _field(640, lo=64, hi=4096, doc="main stream width (what faces are cropped from)")
+    height: int = _field(480, lo=48, hi=3072, doc="main stream height")
+    lores_width: int = _field(320, lo=64, hi=1920, doc="detector input width (lores stream)")
+    fps: float = _field(10.0, lo=0.0, hi=120.0, doc="replay pacing; 0 replays as fast as possible")
+    loop: bool = _field(False, doc="replay: start again at the end instead of stopping")
+    read_timeout: float = _field(5.0, lo=0.1, hi=120.0, doc="seconds without a frame before the camera counts as dead")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    model: str = _field("yunet", doc="bundle name under models_dir, or a path to a bundle folder")
+    score_threshold: float = _field(0.8, lo=0.05, hi=0.999)
+    nms_threshold: float = _field(0.3, lo=0.05, hi=0.95)
+    min_face_size: int = _field(40, lo=8, hi=2000, doc="shorter box side in main-stream pixels")
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    model: str = _field("sface-int8", doc="bundle name under models_dir, or a path to a bundle folder")
+    threads: int = _field(2, lo=1, hi=16, doc="XNNPACK threads")
+    runtime: str = _field("auto", choices=("auto", "ai-edge-litert", "tflite-runtime"))
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    path: str = _field("gallery.db", doc="SQLite file; relative paths are inside state_dir")
+    embedding_dtype: str = _field("float32", choices=("float32", "int8"), doc="how new samples are stored")
+    reload_interval: float = _field(1.0, lo=0.05, hi=60.0, doc="seconds between checks for changes by other processes")
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    threshold: float = _field(0.0, lo=0.0, hi=2.0, doc="L2 distance threshold; 0 uses the model manifest's tuned value")
+    margin: float = _field(0.05, lo=0.0, hi=1.0, doc="required lead of the best identity over the runner-up")
+    frames_required: int = _field(3, lo=1, hi=100, doc="k: accepted frames of one person needed to grant")
+    window_frames: int = _field(5, lo=1, hi=200, doc="n: the last n frames considered")
+    window_seconds: float = _field(3.0, lo=0.1, hi=60.0, doc="only frames this recent count")
+    cooldown_seconds: float = _field(10.0, lo=0.0, hi=3600.0, doc="no second grant for the same person within this")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    enroll: bool = _field(False, doc="enroll the bundled demo people into an empty gallery at start")
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: str = _field("", doc="gallery and runtime state; empty: $EDGE_STATE_DIR or ~/.local/state/edge")
+    models_dir: str = _field("", doc="where bundle names are looked up; empty: $EDGE_MODELS_DIR or the shipped models/")
+    log_level: str = _field("info", choices=("debug", "info", "warning", "error"))
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    source_file: str = field(default="", metadata={"internal": True})
+
+    # Resolved locations ---------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source_file).resolve().parent if self.source_file else Path.cwd()
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir:
+            return self._resolve(self.state_dir)
+        env = os.environ.get("EDGE_STATE_DIR")
+        if env:
+            return Path(env)
+        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(xdg) / "edge"
+
+    def resolved_models_dir(self) -> Path:
+        if self.models_dir:
+            return self._resolve(self.models_dir)
+        return Path(os.environ.get("EDGE_MODELS_DIR") or REPO_MODELS_DIR)
+
+    def model_path(self, value: str) -> Path:
+        """A bare name is a bundle in models_dir; anything with a slash is a path."""
+        if "/" in value or value.startswith("."):
+            return self._resolve(value)
+        return self.resolved_models_dir() / value
+
+    def gallery_path(self) -> Path:
+        path = Path(self.gallery.path).expanduser()
+        return path if path.is_absolute() else self.resolved_state_dir() / path
+
+    def camera_path(self) -> str:
+        value = self.camera.path
+        if self.camera.source == "replay" and not value:
+            return str(DEMO_DIR / "replay")
+        if self.camera.source in ("replay",) and value:
+            return str(self._resolve(value))
+        return value
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def _check_value(name: str, value: Any, hint: Any, meta: dict) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{name}: {value!r} is out of range [{lo}, {hi}]")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" in [{prefix}]" if prefix else ""
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}{where}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, name)
+        else:
+            values[key] = _check_value(name, value, hint, fields[key].metadata)
+    return cls(**values)
+
+
+def _cross_check(config: Config) -> None:
+    d = config.decision
+    if d.frames_required > d.window_frames:
+        raise ConfigError(
+            f"decision.frames_required ({d.frames_required}) cannot exceed decision.window_frames ({d.window_frames})"
+        )
+    if config.camera.lores_width > config.camera.width:
+        raise ConfigError(f"camera.lores_width ({config.camera.lores_width}) cannot exceed camera.width ({config.camera.width})")
+
+
+def config_from_dict(data: dict, source_file: str = "") -> Config:
+    config = _build(Config, data, "")
+    config = dataclasses.replace(config, source_file=source_file)
+    _cross_check(config)
+    return config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a TOML file; None gives the embedded demo default."""
+    if path is None:
+        return default_config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return config_from_dict(data, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def default_config() -> Config:
+    """The embedded default: replay camera over the bundled demo sequence and a demo gallery."""
+    return config_from_dict({"demo": {"enroll": True}, "camera": {"source": "replay", "fps": 0.0}})
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration as commented TOML (what ``edge check-config`` prints)."""
+    lines: list[str] = []
+
+    def emit(obj, prefix: str) -> None:
+        nested = []
+        for f in dataclasses.fields(obj):
+            if f.metadata.get("internal"):
+                continue
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                nested.append((f.name, value))
+                continue
+            doc = f.metadata.get("doc")
+            if doc:
+                lines.append(f"# {doc}")
+            if isinstance(value, bool):
+                rendered = "true" if value else "false"
+            elif isinstance(value, str):
+                rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                rendered = repr(value)
+            lines.append(f"{f.name} = {rendered}")
+        for name, value in nested:
+            lines.append("")
+            lines.append(f"[{prefix}{name}]")
+            emit(value, f"{prefix}{name}.")
+
+    emit(config, "")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""From per-frame matches to door decisions: k of the last n frames, a time window, a cooldown.
+
+One good frame never opens the door; k accepted frames of the same person
+within the last n frames (and ``window_seconds``) do, once per cooldown.
+Faces that keep failing to match become one UNKNOWN decision per visit, and
+an empty scene after a visit becomes one NO_FACE decision.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+from .types import Decision, Match, Outcome
+
+
+@dataclass(frozen=True)
+class _Observation:
+    timestamp: float
+    frame_index: int
+    person_id: int | None  # accepted identity, if any
+    name: str | None
+    distance: float | None
+    has_face: bool
+
+
+class Decider:
+    def __init__(self, frames_required: int = 3, window_frames: int = 5, window_seconds: float = 3.0,
+                 cooldown_seconds: float = 10.0, model_id: str = "") -> None:
+        if frames_required > window_frames:
+            raise ValueError("frames_required cannot exceed window_frames")
+        self.k = frames_required
+        self.n = window_frames
+        self.window_seconds = window_seconds
+        self.cooldown_seconds = cooldown_seconds
+        self.model_id = model_id
+        self._history: collections.deque[_Observation] = collections.deque(maxlen=window_frames)
+        self._last_grant: dict[int, float] = {}
+        self._unknown_reported = False
+        self._empty_streak = 0
+        self._empty_reported = False
+
+    @staticmethod
+    def _best(matches: list[Match]) -> Match | None:
+        accepted = [m for m in matches if m.accepted]
+        pool = accepted or matches
+        return min(pool, key=lambda m: m.distance) if pool else None
+
+    def update(self, frame_index: int, timestamp: float, matches: list[Match]) -> Decision | None:
+        best = self._best(matches)
+        observation = _Observation(
+            timestamp=timestamp,
+            frame_index=frame_index,
+            person_id=best.person_id if best is not None and best.accepted else None,
+            name=best.name if best is not None and best.accepted else None,
+            distance=None if best is None or best.distance == float("inf") else best.distance,
+            has_face=best is not None,
+        )
+        self._history.append(observation)
+        while self._history and timestamp - self._history[0].timestamp > self.window_seconds:
+            self._history.popleft()
+        recent = list(self._history)
+
+        if not observation.has_face:
+            self._empty_streak += 1
+            if self._empty_streak >= self.n and not self._empty_reported:
+                self._empty_reported = True
+                self._unknown_reported = False
+                return Decision(Outcome.NO_FACE, timestamp, frame_index, frames=self._empty_streak,
+                                window=self.n, model=self.model_id)
+            return None
+        self._empty_streak = 0
+        self._empty_reported = False
+
+        if observation.person_id is not None:
+            votes = [o for o in recent if o.person_id == observation.person_id]
+            if len(votes) >= self.k:
+                last = self._last_grant.get(observation.person_id)
+                if last is not None and timestamp - last < self.cooldown_seconds:
+                    return None
+                self._last_grant[observation.person_id] = timestamp
+                self._history.clear()
+                self._unknown_reported = True  # the visitor is known: no UNKNOWN for this visit
+                return Decision(
+                    Outcome.GRANTED, timestamp, frame_index, name=observation.name,
+                    person_id=observation.person_id, distance=min(o.distance for o in votes),
+                    frames=len(votes), window=len(recent), model=self.model_id,
+                )
+            return None
+
+        rejected = [o for o in recent if o.has_face and o.person_id is None]
+        if len(rejected) >= self.k and not self._unknown_reported:
+            self._unknown_reported = True
+            distances = [o.distance for o in rejected if o.distance is not None]
+            return Decision(
+                Outcome.UNKNOWN, timestamp, frame_index, distance=min(distances) if distances else None,
+                frames=len(rejected), window=len(recent), model=self.model_id,
+            )
+        return None

@@ -1,0 +1,60 @@
+"""Enrollment from image files: exactly one face per image, embedded and stored atomically."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .align import align_face
+from .detect import Detector
+from .embedder import Embedder
+from .errors import MultipleFacesError, NoFaceError
+from .gallery import Gallery
+from .images import load_image
+from .types import Face
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    source: str
+    crop: np.ndarray
+    face: Face
+
+
+def single_face(image: np.ndarray, detector: Detector, source: str) -> Face:
+    """The one face in an enrollment image; refuse none or several (ambiguity is not guessed away)."""
+    faces = detector.detect_image(image)
+    if not faces:
+        raise NoFaceError(f"{source}: no face found (too small, too dark, or turned away)")
+    if len(faces) > 1:
+        raise MultipleFacesError(
+            f"{source}: {len(faces)} faces found; enrollment needs exactly one person in the picture"
+        )
+    return faces[0]
+
+
+def prepare_image(path: str | Path, detector: Detector, size: int) -> PreparedSample:
+    image = load_image(path)
+    face = single_face(image, detector, str(path))
+    return PreparedSample(str(path), align_face(image, face.landmarks, size), face)
+
+
+def enroll_files(gallery: Gallery, detector: Detector, embedder: Embedder, name: str,
+                 paths: Sequence[str | Path], dtype: str = "float32", keep_crops: bool = False) -> int:
+    """Enroll ``name`` from image files; all or nothing: one bad file stores none of them."""
+    prepared = [prepare_image(p, detector, embedder.input_size) for p in paths]
+    embeddings = embedder.embed([s.crop for s in prepared])
+    crops = [cv2.imencode(".png", s.crop)[1].tobytes() for s in prepared] if keep_crops else None
+    gallery.add_samples(
+        name, embeddings, embedder.model_id, dtype=dtype,
+        quality=[s.face.score for s in prepared], source=[Path(s.source).name for s in prepared], crops=crops,
+    )
+    log.info("enrolled %s from %d image(s)", name, len(prepared))
+    return len(prepared)

@@ -1,0 +1,403 @@
+"""The on-device gallery: people, their embeddings and the audit trail, in one SQLite file.
+
+* Schema changes go through sqlite-utils ``Migrations``; every write is one
+  ``db.atomic()`` transaction, so a killed enrollment leaves nothing half-done.
+* WAL journal: the recognizer reads while an enrollment process writes.
+* Each sample records the model it was embedded with (``model_id`` = bundle
+  name + sha256 prefix); embeddings from different models are never compared.
+* Face images are not stored unless the operator asks (``keep_crops``);
+  deleting a person deletes their embeddings and crops for real (the caller
+  can VACUUM, see :meth:`Gallery.vacuum`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import GalleryError, PersonNotFoundError
+
+log = logging.getLogger(__name__)
+
+migrations = Migrations("edge.gallery")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["people"].create(
+        {"id": int, "name": str, "created_at": float, "updated_at": float, "last_seen": float, "note": str},
+        pk="id",
+        not_null={"name", "created_at"},
+    )
+    db["people"].create_index(["name"], unique=True)
+    db["samples"].create(
+        {
+            "id": int,
+            "person_id": int,
+            "model_id": str,
+            "capture_id": str,
+            "embedding": bytes,
+            "dtype": str,
+            "dim": int,
+            "scale": float,
+            "quality": float,
+            "source": str,
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("person_id", "people", "id")],
+        not_null={"person_id", "model_id", "embedding", "dtype", "dim"},
+    )
+    db["samples"].create_index(["person_id"])
+    db["samples"].create_index(["model_id"])
+    db["crops"].create(
+        {"id": int, "person_id": int, "capture_id": str, "image": bytes, "created_at": float},
+        pk="id",
+        foreign_keys=[("person_id", "people", "id")],
+    )
+    db["events"].create(
+        {
+            "id": int,
+            "ts": float,
+            "kind": str,
+            "person_id": int,
+            "name": str,
+            "distance": float,
+            "frames": int,
+            "model_id": str,
+            "detail": str,
+        },
+        pk="id",
+    )
+    db["events"].create_index(["ts"])
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["meta"].insert({"key": "gallery_version", "value": "0"})
+
+
+@dataclass(frozen=True)
+class PersonSummary:
+    id: int
+    name: str
+    samples: int
+    models: tuple[str, ...]
+    created_at: float
+    last_seen: float | None
+    crops: int
+
+
+@dataclass(frozen=True)
+class GalleryMatrix:
+    """What the matcher holds in memory: one row per sample, unit-norm float32."""
+
+    embeddings: np.ndarray
+    person_ids: np.ndarray
+    names: dict[int, str]
+    version: int
+
+
+def encode_embedding(vector: np.ndarray, dtype: str) -> tuple[bytes, float | None]:
+    vector = np.asarray(vector, dtype=np.float32).ravel()
+    if dtype == "float32":
+        return vector.tobytes(), None
+    if dtype == "int8":
+        # Per-vector scale: unit embeddings rarely have a component near 1, so a
+        # fixed 1/127 scale would waste most of the int8 range.
+        scale = float(np.abs(vector).max()) / 127.0 or 1.0
+        return np.clip(np.round(vector / scale), -127, 127).astype(np.int8).tobytes(), scale
+    raise GalleryError(f"unknown embedding dtype {dtype!r}")
+
+
+def decode_embedding(blob: bytes, dtype: str, dim: int, scale: float | None) -> np.ndarray:
+    if dtype == "float32":
+        vector = np.frombuffer(blob, dtype=np.float32)
+    elif dtype == "int8":
+        vector = np.frombuffer(blob, dtype=np.int8).astype(np.float32) * float(scale)
+    else:
+        raise GalleryError(f"sample stored with unknown dtype {dtype!r}")
+    if vector.size != dim:
+        raise GalleryError(f"sample of {vector.size} values but dim {dim}: the gallery is corrupt")
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm > 0 else vector
+
+
+def _friendly(exc: sqlite3.Error, path: Path) -> GalleryError:
+    text = str(exc)
+    if "disk is full" in text or "disk I/O" in text:
+        return GalleryError(f"gallery {path}: the disk is full; nothing was written ({text})")
+    if "locked" in text or "busy" in text:
+        return GalleryError(f"gallery {path}: database stayed locked by another process ({text})")
+    if "readonly" in text or "read-only" in text:
+        return GalleryError(f"gallery {path}: cannot write (read-only file or directory)")
+    if "not a database" in text or "malformed" in text:
+        return GalleryError(f"gallery {path}: not a valid SQLite gallery ({text})")
+    return GalleryError(f"gallery {path}: {text}")
+
+
+def validate_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise GalleryError("a person's name cannot be empty")
+    if len(name) > 100 or any(ord(c) < 32 for c in name):
+        raise GalleryError(f"invalid name {name!r}: at most 100 printable characters")
+    return name
+
+
+class Gallery:
+    """One process's handle on the gallery file; open one per thread."""
+
+    def __init__(self, path: str | Path, create: bool = True, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise GalleryError(f"gallery {self.path} does not exist")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable across process crashes in WAL mode; only a power cut
+            # can lose the last transaction, which a re-enrollment repairs.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA secure_delete = ON")
+            self.db = sqlite_utils.Database(conn)
+            migrations.apply(self.db)
+        except sqlite3.Error as exc:
+            raise _friendly(exc, self.path) from exc
+        except OSError as exc:
+            raise GalleryError(f"gallery {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers ---------------------------------------------------------
+    def _bump_version(self) -> None:
+        self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'gallery_version'")
+
+    def version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'gallery_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap "look again" signal."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _transaction(self):
+        return _AtomicWrite(self)
+
+    def person_id(self, name: str) -> int:
+        row = self.db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise PersonNotFoundError(f"no enrolled person named {name!r}")
+        return row[0]
+
+    def has_person(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM people WHERE name = ?", [name]).fetchone() is not None
+
+    # -- writes ----------------------------------------------------------
+    def add_samples(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        model_id: str,
+        dtype: str = "float32",
+        quality: Iterable[float | None] | None = None,
+        source: Iterable[str | None] | None = None,
+        crops: Iterable[bytes] | None = None,
+        capture_ids: Iterable[str] | None = None,
+        create: bool = True,
+    ) -> int:
+        """Add embeddings (and optionally encoded crops) for ``name`` in one transaction."""
+        name = validate_name(name)
+        embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+        count = len(embeddings)
+        quality = list(quality) if quality is not None else [None] * count
+        source = list(source) if source is not None else [None] * count
+        capture_ids = list(capture_ids) if capture_ids is not None else [uuid.uuid4().hex for _ in range(count)]
+        crops = list(crops) if crops is not None else []
+        now = time.time()
+        with self._transaction():
+            row = self.db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
+            if row is None:
+                if not create:
+                    raise PersonNotFoundError(f"no enrolled person named {name!r}")
+                person_id = self.db["people"].insert({"name": name, "created_at": now, "updated_at": now}).last_pk
+            else:
+                person_id = row[0]
+                self.db["people"].update(person_id, {"updated_at": now})
+            records = []
+            for vector, q, src, cap in zip(embeddings, quality, source, capture_ids):
+                blob, scale = encode_embedding(vector, dtype)
+                records.append(
+                    {
+                        "person_id": person_id, "model_id": model_id, "capture_id": cap, "embedding": blob,
+                        "dtype": dtype, "dim": int(vector.size), "scale": scale, "quality": q,
+                        "source": src, "created_at": now,
+                    }
+                )
+            self.db["samples"].insert_all(records)
+            if crops:
+                self.db["crops"].insert_all(
+                    {"person_id": person_id, "capture_id": cap, "image": img, "created_at": now}
+                    for img, cap in zip(crops, capture_ids)
+                )
+            self._bump_version()
+        return person_id
+
+    def rename(self, old: str, new: str) -> None:
+        new = validate_name(new)
+        with self._transaction():
+            person_id = self.person_id(old)
+            if self.has_person(new):
+                raise GalleryError(f"cannot rename {old!r} to {new!r}: that name is taken")
+            self.db["people"].update(person_id, {"name": new, "updated_at": time.time()})
+            self.db.execute("UPDATE events SET name = ? WHERE person_id = ?", [new, person_id])
+            self._bump_version()
+
+    def remove(self, name: str, forget: bool = False) -> dict[str, int]:
+        """Delete a person with their samples and crops; ``forget`` also deletes their events."""
+        with self._transaction():
+            person_id = self.person_id(name)
+            counts = {
+                "samples": self.db.execute("DELETE FROM samples WHERE person_id = ?", [person_id]).rowcount,
+                "crops": self.db.execute("DELETE FROM crops WHERE person_id = ?", [person_id]).rowcount,
+                "events": 0,
+            }
+            if forget:
+                counts["events"] = self.db.execute(
+                    "DELETE FROM events WHERE person_id = ? OR name = ?", [person_id, name]
+                ).rowcount
+            else:
+                # Keep the audit trail, but it must not point at a deleted row.
+                self.db.execute("UPDATE events SET person_id = NULL WHERE person_id = ?", [person_id])
+            self.db.execute("DELETE FROM people WHERE id = ?", [person_id])
+            self._bump_version()
+        return counts
+
+    def vacuum(self) -> None:
+        """Rewrite the file so deleted rows are gone from disk, WAL included."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise _friendly(exc, self.path) from exc
+
+    def touch_seen(self, person_id: int, ts: float | None = None) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE people SET last_seen = ? WHERE id = ?", [ts or time.time(), person_id])
+
+    def log_event(self, kind: str, *, name: str | None = None, person_id: int | None = None,
+                  distance: float | None = None, frames: int | None = None, model_id: str | None = None,
+                  detail: dict | None = None, ts: float | None = None) -> int:
+        with self._transaction():
+            return self.db["events"].insert(
+                {
+                    "ts": ts or time.time(), "kind": kind, "person_id": person_id, "name": name,
+                    "distance": distance, "frames": frames, "model_id": model_id,
+                    "detail": json.dumps(detail) if detail else None,
+                }
+            ).last_pk
+
+    # -- reads -----------------------------------------------------------
+    def people(self) -> list[PersonSummary]:
+        rows = self.db.execute(
+            """
+            SELECT p.id, p.name, p.created_at, p.last_seen,
+                   (SELECT COUNT(*) FROM samples s WHERE s.person_id = p.id),
+                   (SELECT GROUP_CONCAT(DISTINCT s.model_id) FROM samples s WHERE s.person_id = p.id),
+                   (SELECT COUNT(*) FROM crops c WHERE c.person_id = p.id)
+            FROM people p ORDER BY p.name
+            """
+        ).fetchall()
+        return [
+            PersonSummary(id=r[0], name=r[1], created_at=r[2], last_seen=r[3], samples=r[4],
+                          models=tuple(sorted((r[5] or "").split(","))) if r[5] else (), crops=r[6])
+            for r in rows
+        ]
+
+    def model_counts(self) -> dict[str, int]:
+        return {m: c for m, c in self.db.execute("SELECT model_id, COUNT(*) FROM samples GROUP BY model_id")}
+
+    def matrix(self, model_id: str) -> GalleryMatrix:
+        """All samples embedded with ``model_id`` as one unit-norm matrix, read in one snapshot."""
+        with self._transaction():
+            version = self.version()
+            rows = self.db.execute(
+                "SELECT s.person_id, p.name, s.embedding, s.dtype, s.dim, s.scale FROM samples s "
+                "JOIN people p ON p.id = s.person_id WHERE s.model_id = ? ORDER BY s.person_id, s.id",
+                [model_id],
+            ).fetchall()
+        if not rows:
+            return GalleryMatrix(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), {}, version)
+        embeddings = np.stack([decode_embedding(r[2], r[3], r[4], r[5]) for r in rows]).astype(np.float32)
+        person_ids = np.array([r[0] for r in rows], dtype=np.int64)
+        names = {r[0]: r[1] for r in rows}
+        return GalleryMatrix(embeddings, person_ids, names, version)
+
+    def crops_for(self, name: str) -> list[tuple[str, bytes]]:
+        person_id = self.person_id(name)
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT capture_id, image FROM crops WHERE person_id = ? ORDER BY id", [person_id])]
+
+    def events(self, limit: int = 50, kind: str | None = None, name: str | None = None,
+               since: float | None = None, after_id: int | None = None) -> list[dict]:
+        clauses, params = [], []
+        if kind:
+            clauses.append("kind = ?")
+            params.append(kind)
+        if name:
+            clauses.append("name = ?")
+            params.append(name)
+        if since is not None:
+            clauses.append("ts >= ?")
+            params.append(since)
+        if after_id is not None:
+            clauses.append("id > ?")
+            params.append(after_id)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = self.db.execute(
+            f"SELECT * FROM (SELECT * FROM events {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+            params + [limit],
+        )
+        columns = [c[0] for c in rows.description]
+        return [dict(zip(columns, row)) for row in rows.fetchall()]
+
+
+class _AtomicWrite:
+    """``db.atomic()`` plus translation of SQLite errors into GalleryError."""
+
+    def __init__(self, gallery: Gallery) -> None:
+        self.gallery = gallery
+        self._cm = None
+
+    def __enter__(self):
+        try:
+            self._cm = self.gallery.db.atomic()
+            return self._cm.__enter__()
+        except sqlite3.Error as exc:
+            raise _friendly(exc, self.gallery.path) from exc
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            suppressed = self._cm.__exit__(exc_type, exc, tb)
+        except sqlite3.Error as err:
+            raise _friendly(err, self.gallery.path) from err
+        if isinstance(exc, sqlite3.Error):
+            raise _friendly(exc, self.gallery.path) from exc
+        return suppressed

@@ -1,0 +1,173 @@
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+from edge.decide import Decider
+from edge.errors import GalleryError, ModelMismatchError, PersonNotFoundError
+from edge.gallery import Gallery, decode_embedding, encode_embedding
+from edge.matcher import Matcher, check_gallery_model
+from edge.types import Match, Outcome
+
+
+def unit(rng, n, d=128):
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_round_trip_and_matrix(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 3)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add_samples("alice", vectors[:2], "m:1", source=["a.jpg", "b.jpg"])
+        g.add_samples("bob", vectors[2:], "m:1", dtype="int8")
+    with Gallery(tmp_path / "g.db", create=False) as g:
+        people = {p.name: p for p in g.people()}
+        assert people["alice"].samples == 2 and people["bob"].samples == 1
+        matrix = g.matrix("m:1")
+        assert matrix.embeddings.shape == (3, 128)
+        np.testing.assert_allclose(matrix.embeddings[:2], vectors[:2], atol=1e-6)
+        assert float(matrix.embeddings[2] @ vectors[2]) > 0.999  # int8 storage
+        assert g.matrix("other:2").embeddings.shape[0] == 0
+
+
+def test_int8_storage_is_128_bytes_and_close():
+    rng = np.random.default_rng(1)
+    v = unit(rng, 1)[0]
+    blob, scale = encode_embedding(v, "int8")
+    assert len(blob) == 128
+    back = decode_embedding(blob, "int8", 128, scale)
+    assert float(back @ v) > 0.999
+
+
+def test_remove_forget_and_rename(tmp_path):
+    rng = np.random.default_rng(2)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add_samples("alice", unit(rng, 2), "m:1", crops=[b"png1", b"png2"])
+        pid = g.person_id("alice")
+        g.log_event("granted", name="alice", person_id=pid, distance=0.5)
+        g.rename("alice", "alice b")
+        with pytest.raises(GalleryError, match="taken"):
+            g.add_samples("carol", unit(rng, 1), "m:1")
+            g.rename("carol", "alice b")
+        counts = g.remove("alice b", forget=True)
+        assert counts == {"samples": 2, "crops": 2, "events": 1}
+        with pytest.raises(PersonNotFoundError):
+            g.remove("alice b")
+
+
+def test_forget_leaves_no_embedding_bytes_on_disk(tmp_path):
+    rng = np.random.default_rng(3)
+    vector = unit(rng, 1)
+    path = tmp_path / "g.db"
+    with Gallery(path) as g:
+        g.add_samples("alice", vector, "m:1")
+        g.remove("alice", forget=True)
+        g.vacuum()
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("g.db"))
+    assert vector.tobytes()[:32] not in data
+
+
+def test_model_mismatch_is_refused(tmp_path):
+    rng = np.random.default_rng(4)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add_samples("alice", unit(rng, 1), "sface-int8:aaaa")
+        check_gallery_model(g, "sface-int8:aaaa")
+        with pytest.raises(ModelMismatchError, match="sface-int8:aaaa"):
+            check_gallery_model(g, "student-int8:bbbb")
+        with pytest.raises(ModelMismatchError):
+            Matcher(g, "student-int8:bbbb", 1.0)
+
+
+def test_matcher_nearest_identity_margin_and_reload(tmp_path):
+    rng = np.random.default_rng(5)
+    people = unit(rng, 3)
+    path = tmp_path / "g.db"
+    with Gallery(path) as writer, Gallery(path) as reader:
+        writer.add_samples("alice", people[:1], "m:1")
+        matcher = Matcher(reader, "m:1", threshold=0.8, margin=0.1, reload_interval=0.0)
+        [m] = matcher.match(people[:1])
+        assert m.name == "alice" and m.distance < 1e-3 and m.accepted
+        [m] = matcher.match(people[1:2])
+        assert not m.accepted  # a stranger is ~1.41 away
+        writer.add_samples("bob", people[1:2], "m:1")  # another connection enrolls
+        assert matcher.maybe_reload()
+        [m] = matcher.match(people[1:2])
+        assert m.name == "bob" and m.accepted
+        writer.log_event("granted", name="bob")  # events alone do not reload the matrix
+        assert not matcher.maybe_reload()
+
+
+def _enroll_forever(path):
+    g = Gallery(path)
+    rng = np.random.default_rng(0)
+    while True:
+        g.add_samples("victim", unit(rng, 50), "m:1")
+
+
+def test_killed_writer_leaves_only_whole_transactions(tmp_path):
+    path = tmp_path / "g.db"
+    Gallery(path).close()
+    proc = multiprocessing.get_context("spawn").Process(target=_enroll_forever, args=(str(path),))
+    proc.start()
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    with Gallery(path) as g:
+        counts = [p.samples for p in g.people()]
+        assert counts and all(c % 50 == 0 for c in counts)
+        assert g.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_unwritable_gallery_is_a_clear_error(tmp_path):
+    path = tmp_path / "not-a-db.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(GalleryError, match="not a valid SQLite gallery"):
+        Gallery(path)
+
+
+def m(name, distance, threshold=0.9, second=1.4, pid=None):
+    return Match(pid if pid is not None else (None if name is None else hash(name) % 1000), name, distance, second, threshold, 0.05)
+
+
+def test_decider_k_of_n_and_cooldown():
+    d = Decider(frames_required=3, window_frames=5, window_seconds=3.0, cooldown_seconds=10.0)
+    t = 0.0
+    out = [d.update(i, t + i * 0.1, [m("alice", 0.6)]) for i in range(3)]
+    assert out[:2] == [None, None]
+    assert out[2].outcome is Outcome.GRANTED and out[2].name == "alice" and out[2].frames == 3
+    # still in front of the door: no second grant within the cooldown
+    assert all(d.update(i, t + i * 0.1, [m("alice", 0.6)]) is None for i in range(3, 20))
+    # after the cooldown, a fresh set of k frames grants again
+    later = [d.update(100 + i, 20.0 + i * 0.1, [m("alice", 0.6)]) for i in range(3)]
+    assert later[2] is not None and later[2].outcome is Outcome.GRANTED
+
+
+def test_decider_needs_consecutive_evidence_within_the_window():
+    d = Decider(frames_required=3, window_frames=5, window_seconds=1.0, cooldown_seconds=0.0)
+    # three accepted frames spread over more than window_seconds never grant
+    assert d.update(0, 0.0, [m("alice", 0.6)]) is None
+    assert d.update(1, 0.8, [m("alice", 0.6)]) is None
+    assert d.update(2, 1.6, [m("alice", 0.6)]) is None
+    assert d.update(3, 2.4, [m("alice", 0.6)]) is None
+
+
+def test_decider_unknown_once_per_visit_and_no_face():
+    d = Decider(frames_required=2, window_frames=3, window_seconds=5.0, cooldown_seconds=5.0)
+    stranger = [m("alice", 1.3)]  # nearest is alice, but far beyond the threshold
+    outs = [d.update(i, i * 0.1, stranger) for i in range(6)]
+    unknowns = [o for o in outs if o is not None]
+    assert len(unknowns) == 1 and unknowns[0].outcome is Outcome.UNKNOWN and unknowns[0].name is None
+    empties = [d.update(10 + i, 1 + i * 0.1, []) for i in range(4)]
+    assert [o.outcome for o in empties if o] == [Outcome.NO_FACE]
+
+
+def test_decider_margin_blocks_lookalikes():
+    d = Decider(frames_required=1, window_frames=1, window_seconds=5.0, cooldown_seconds=5.0)
+    close_call = Match(1, "alice", 0.60, 0.62, 0.9, 0.05)
+    out = d.update(0, 0.0, [close_call])
+    assert out is not None and out.outcome is Outcome.UNKNOWN
