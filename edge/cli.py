@@ -66,7 +66,40 @@ def _load(config_path):
     return load_config(config_path)
 
 
-@click.group()
+# Commands that live in their own modules, imported only when they run.
+LAZY_COMMANDS = {
+    "serve": "edge.service.recognizer_service:command",
+    "door": "edge.service.actuator:command",
+    "enroll": "edge.enrollment.cli:command",
+}
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy(n)})
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        return command if command is not None else self._lazy(name)
+
+    @staticmethod
+    def _lazy(name):
+        import importlib
+
+        target = LAZY_COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return None  # not part of this install
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="edge-door")
 def main() -> None:
     """Face-recognition door access: recognizer, gallery and configuration tools."""
