@@ -390,16 +390,25 @@ def test_tune_bad_inputs(tmp_path):
     assert result.exit_code == 2 and "FAR" in result.output
 
 
-@pytest.mark.skipif(not (INT8_BUNDLE / "manifest.json").is_file(), reason="models/sface-int8 not built yet")
-def test_tune_cli_on_int8_bundle(tmp_path):
+@pytest.mark.parametrize("source", [INT8_BUNDLE, Path(__file__).parent / "fixtures" / "tiny-int8"],
+                         ids=["sface-int8", "tiny-int8"])
+def test_tune_cli_on_tflite_bundle(tmp_path, source):
     from tools.model.cli import main
 
-    bundle = tmp_path / "sface-int8"
-    shutil.copytree(INT8_BUNDLE, bundle, ignore=shutil.ignore_patterns("eval"))
-    before = read_manifest(bundle)["sha256"]
+    if not (source / "manifest.json").is_file():
+        pytest.skip(f"{source} not built yet")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(source, bundle, ignore=shutil.ignore_patterns("eval", "*.py"))
+    original = read_manifest(bundle)
+    before = original["sha256"]
     people = make_people(tmp_path / "people")
-    result = CliRunner().invoke(main, ["tune", str(bundle), "--people", str(people), "--far", "1e-4", "--json",
-                                       "--no-progress"])
+    runner = CliRunner()
+    result = runner.invoke(main, ["tune", str(bundle), "--people", str(people), "--far", "1e-4", "--json",
+                                  "--no-progress", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert read_manifest(bundle) == original  # a dry run leaves the manifest alone
+    result = runner.invoke(main, ["tune", str(bundle), "--people", str(people), "--far", "1e-4", "--json",
+                                  "--no-progress"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     manifest = read_manifest(bundle)

@@ -233,6 +233,8 @@ def evaluate(models: Sequence[Path], protocol: str, root: Path, pairs_file: Path
     folds = np.array([p.fold for p in pairs])
     failed_pairs = sum(1 for p in pairs if p.path_a in cache.failures or p.path_b in cache.failures)
     names = [Path(m).name or str(m) for m in models]
+    if len(set(names)) < len(names):
+        names = [f"{name} [{i + 1}]" for i, name in enumerate(names)]
     all_distances = [pair_distances(pairs, cache, m) for m in range(len(embedders))]
     report = {
         "protocol": protocol,
