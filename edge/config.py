@@ -77,6 +77,102 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class EnrollmentConfig:
+    """Live and bulk enrollment: quality gates (measured, see edge/enrollment/quality.py) and the control socket."""
+
+    samples: int = _field(5, lo=1, hi=50, doc="live enrollment: good samples to collect per person")
+    timeout: float = _field(120.0, lo=5.0, hi=3600.0, doc="live enrollment gives up (saving nothing) after this many seconds")
+    min_sample_interval: float = _field(0.3, lo=0.0, hi=10.0, doc="live: seconds between two accepted samples")
+    min_face_px: int = _field(80, lo=20, hi=2000, doc="too far below this shorter face-box side (main-stream pixels)")
+    max_face_fraction: float = _field(0.8, lo=0.1, hi=1.0, doc="live: too close above this face height / frame height")
+    min_score: float = _field(0.85, lo=0.0, hi=1.0, doc="detector score a sample needs")
+    min_sharpness: float = _field(40.0, lo=0.0, hi=10000.0, doc="variance of the Laplacian on the aligned gray crop")
+    min_brightness: float = _field(50.0, lo=0.0, hi=255.0, doc="too dark below this mean gray of the aligned crop")
+    max_brightness: float = _field(205.0, lo=0.0, hi=255.0, doc="too bright above this mean gray of the aligned crop")
+    max_clipped: float = _field(0.15, lo=0.0, hi=1.0, doc="fraction of crop pixels allowed at black or white")
+    max_yaw: float = _field(25.0, lo=0.0, hi=90.0, doc="degrees, estimated from the nose offset between the eyes")
+    max_pitch: float = _field(25.0, lo=0.0, hi=90.0, doc="degrees, estimated from eye-nose-mouth ratios")
+    max_roll: float = _field(20.0, lo=0.0, hi=90.0, doc="degrees, the tilt of the eye line")
+    min_sample_distance: float = _field(0.2, lo=0.0, hi=2.0, doc="L2 distance a new sample must keep from those accepted in the session")
+    duplicate_warn_margin: float = _field(0.1, lo=0.0, hi=1.0, doc="warn when a new person is within threshold + this of someone enrolled")
+    socket_path: str = _field("", doc="control socket; empty: <state_dir>/control.sock (systemd: /run/edge/control.sock)")
+    socket_group: str = _field("", doc="group allowed to use the control socket; empty: the service's own group")
+
+
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+_NAME_RE = r"[A-Za-z0-9_-]+"
+
+
+@dataclass(frozen=True)
+class DoorConfig:
+    """[door]: the relay actuator (``edge door``) and how the recognizer reaches it."""
+
+    socket: str = _field("/run/edge-door/door.sock", doc="actuator unix socket (edge door listens, edge serve connects); empty: no actuator, decisions only")
+    pulse_seconds: float = _field(3.0, lo=0.2, hi=30.0, doc="how long one unlock energises the relay")
+    max_unlocks_per_minute: int = _field(6, lo=1, hi=60, doc="pulses allowed in any 60 s; more requests are refused")
+    flood_requests: int = _field(20, lo=2, hi=1000, doc="more unlock requests than this within flood_window_seconds: relay off, lockout")
+    flood_window_seconds: float = _field(10.0, lo=1.0, hi=300.0, doc="window for flood_requests")
+    lockout_seconds: float = _field(60.0, lo=1.0, hi=3600.0, doc="after a flood, every unlock is refused for this long")
+    relay_pin: int = _field(17, lo=0, hi=53, doc="BCM GPIO number driving the relay")
+    active_high: bool = _field(True, doc="true: pin high energises the relay; false for active-low relay boards")
+    contact_pin: int = _field(-1, lo=-1, hi=53, doc="BCM GPIO of a door contact (reed switch, closed = door shut); -1: none")
+    contact_pull_up: bool = _field(True, doc="contact wired between the pin and GND (internal pull-up); false: to 3V3 with pull-down")
+    open_grace_seconds: float = _field(10.0, lo=0.0, hi=300.0, doc="the door may open this long after a pulse ends; later it is 'forced open'")
+    left_open_seconds: float = _field(60.0, lo=1.0, hi=3600.0, doc="door open longer than this: a 'door left open' event")
+    recognizer_user: str = _field("edge", doc="user name or uid whose unlock requests the actuator accepts (SO_PEERCRED)")
+    request_timeout: float = _field(1.0, lo=0.05, hi=10.0, doc="edge serve: seconds to wait for the actuator's reply")
+    events_log: str = _field("", doc="edge door: also append relay/contact events as JSON lines to this file; empty: journal only")
+
+    def __post_init__(self) -> None:
+        import re
+
+        if len(self.socket.encode()) > _UNIX_PATH_MAX:
+            raise ConfigError(f"door.socket: {self.socket!r} is longer than {_UNIX_PATH_MAX} bytes (a unix socket path limit)")
+        if self.socket.startswith("@"):
+            raise ConfigError("door.socket: abstract sockets ('@...') have no file permissions; use a path")
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]*\$?|[0-9]+", self.recognizer_user):
+            raise ConfigError(f"door.recognizer_user: {self.recognizer_user!r} is not a user name or a numeric uid")
+        if self.contact_pin == self.relay_pin:
+            raise ConfigError(f"door.contact_pin: GPIO{self.contact_pin} is already door.relay_pin")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """[events]: optional sinks beside the journal and the SQLite audit table; both off by default."""
+
+    webhook_url: str = _field("", doc="POST every event as JSON to this http(s) URL; empty: off")
+    webhook_timeout: float = _field(5.0, lo=0.5, hi=60.0, doc="seconds per webhook request")
+    mqtt_host: str = _field("", doc="MQTT broker host; empty: off (needs the paho-mqtt package)")
+    mqtt_port: int = _field(1883, lo=1, hi=65535)
+    mqtt_tls: bool = _field(False, doc="connect with TLS (system CA store)")
+    mqtt_username: str = _field("", doc="empty: anonymous")
+    mqtt_password_file: str = _field("", doc="file holding the MQTT password (keeps the secret out of this file)")
+    mqtt_topic_prefix: str = _field("edge", doc="events go to <prefix>/<node_id>/event, availability to .../availability")
+    mqtt_discovery_prefix: str = _field("homeassistant", doc="Home Assistant MQTT discovery prefix; empty: no discovery")
+    mqtt_node_id: str = _field("door", doc="this unit's id in topics and Home Assistant ([A-Za-z0-9_-])")
+    queue_size: int = _field(100, lo=1, hi=10000, doc="events buffered per sink; when full the oldest are dropped")
+
+    def __post_init__(self) -> None:
+        import re
+        from urllib.parse import urlsplit
+
+        if self.webhook_url:
+            parts = urlsplit(self.webhook_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"events.webhook_url: {self.webhook_url!r} is not an http:// or https:// URL with a host")
+        if self.mqtt_host and (any(c.isspace() for c in self.mqtt_host) or "/" in self.mqtt_host):
+            raise ConfigError(f"events.mqtt_host: {self.mqtt_host!r} is not a host name or address")
+        for key in ("mqtt_topic_prefix", "mqtt_discovery_prefix"):
+            value = getattr(self, key)
+            if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+                raise ConfigError(f"events.{key}: {value!r} must not contain + or # or start/end with /")
+        if not self.mqtt_topic_prefix:
+            raise ConfigError("events.mqtt_topic_prefix: must not be empty")
+        if not re.fullmatch(_NAME_RE, self.mqtt_node_id):
+            raise ConfigError(f"events.mqtt_node_id: {self.mqtt_node_id!r} may only hold letters, digits, _ and -")
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: str = _field("", doc="gallery and runtime state; empty: $EDGE_STATE_DIR or ~/.local/state/edge")
     models_dir: str = _field("", doc="where bundle names are looked up; empty: $EDGE_MODELS_DIR or the shipped models/")
@@ -87,6 +183,9 @@ class Config:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    door: DoorConfig = field(default_factory=DoorConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
     source_file: str = field(default="", metadata={"internal": True})
 
     # Resolved locations ---------------------------------------------------
@@ -185,6 +284,11 @@ def _cross_check(config: Config) -> None:
         )
     if config.camera.lores_width > config.camera.width:
         raise ConfigError(f"camera.lores_width ({config.camera.lores_width}) cannot exceed camera.width ({config.camera.width})")
+    e = config.enrollment
+    if e.min_brightness >= e.max_brightness:
+        raise ConfigError(
+            f"enrollment.min_brightness ({e.min_brightness}) must be below enrollment.max_brightness ({e.max_brightness})"
+        )
 
 
 def config_from_dict(data: dict, source_file: str = "") -> Config:
