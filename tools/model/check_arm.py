@@ -65,6 +65,14 @@ OPENCV_PIN = "opencv-python-headless==4.11.0.86"
 TFLITE_RUNTIME_PIN = "tflite-runtime==2.14.0"
 DEFAULT_LITERT = "2.3.0"
 RUNTIMES = ("ai-edge-litert", "tflite-runtime")
+# Default pass rule per runtime: (largest int8 output difference, smallest cosine), x86 vs arm64.
+# ai-edge-litert (XNNPACK) is bit-exact between x86 and arm64, so any difference is a fault.
+# tflite-runtime 2.14 is not: its x86 and arm64 int8 kernels round differently (measured on
+# SFace INT8: up to 15 LSB, cosine 0.990), so only the cosine is held for it.
+DEFAULT_RULES: dict[str, tuple[int | None, float]] = {
+    "ai-edge-litert": (0, 0.9999),
+    "tflite-runtime": (None, 0.98),
+}
 # pip >= 24 no longer widens --platform to older manylinux tags, so list them all.
 AARCH64_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)] + ["manylinux2014_aarch64"]
 
@@ -134,6 +142,8 @@ class RunResult:
     float_max_diff: float | None = None
     min_cosine: float | None = None
     faces: int = 0
+    int8_tolerance: int | None = None
+    min_cosine_required: float | None = None
     error: str | None = None
     seconds: float = 0.0
     arm: dict = field(default_factory=dict)
@@ -382,6 +392,12 @@ def compare(reference: np.lib.npyio.NpzFile, candidate: np.lib.npyio.NpzFile) ->
     }
 
 
+def rule_for(runtime: str, int8_tolerance: int | None, min_cosine: float | None) -> tuple[int | None, float]:
+    default_tolerance, default_cosine = DEFAULT_RULES.get(runtime, (0, 0.9999))
+    return (default_tolerance if int8_tolerance is None else int8_tolerance,
+            default_cosine if min_cosine is None else min_cosine)
+
+
 def load_faces(faces: Path, limit: int | None, size: int) -> np.ndarray:
     from tools.model.crops import build_crops
 
@@ -393,9 +409,12 @@ def load_faces(faces: Path, limit: int | None, size: int) -> np.ndarray:
 
 def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ...] = ("pi4", "pi5"),
               runtimes: tuple[str, ...] = RUNTIMES, qemu_cpu: str | None = None, threads: int = 2,
-              limit: int | None = 16, cache: Path = DEFAULT_CACHE, int8_tolerance: int = 0,
-              min_cosine: float = 0.9999, timeout: float = 900.0, mirror: str = DEFAULT_MIRROR) -> dict:
-    """Run every (runtime, cpu) pair; returns the report as a dict (see ``--json``)."""
+              limit: int | None = 16, cache: Path = DEFAULT_CACHE, int8_tolerance: int | None = None,
+              min_cosine: float | None = None, timeout: float = 900.0, mirror: str = DEFAULT_MIRROR) -> dict:
+    """Run every (runtime, cpu) pair; returns the report as a dict (see ``--json``).
+
+    ``int8_tolerance`` / ``min_cosine`` of None take the runtime's entry in DEFAULT_RULES.
+    """
     timings: dict[str, float] = {}
     started = time.monotonic()
     qemu = find_qemu()
@@ -472,11 +491,10 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
                         result.float_max_diff = stats["float_max_diff"]
                         result.min_cosine = stats["min_cosine"]
                         result.arm["differing_values"] = stats["differing_values"]
-                        if stats["int8_max_diff"] is not None:
-                            ok = stats["int8_max_diff"] <= int8_tolerance
-                        else:
-                            ok = True
-                        result.passed = bool(ok and stats["min_cosine"] >= min_cosine)
+                        tolerance, cosine_floor = rule_for(runtime, int8_tolerance, min_cosine)
+                        result.int8_tolerance, result.min_cosine_required = tolerance, cosine_floor
+                        ok = stats["int8_max_diff"] is None or tolerance is None or stats["int8_max_diff"] <= tolerance
+                        result.passed = bool(ok and stats["min_cosine"] >= cosine_floor)
                 results.append(result)
                 timings[f"arm_{cpu}_{runtime}_s"] = result.seconds
 
@@ -487,8 +505,6 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
         "faces": int(len(crops)),
         "faces_from": str(faces),
         "threads": threads,
-        "int8_tolerance": int8_tolerance,
-        "min_cosine": min_cosine,
         "passed": bool(results) and all(r.passed for r in results),
         "results": [asdict(r) for r in results],
         "timings": timings,
@@ -503,7 +519,12 @@ def format_table(report: dict) -> str:
         int8 = "-" if r["int8_max_diff"] is None else str(r["int8_max_diff"])
         flt = "-" if r["float_max_diff"] is None else f"{r['float_max_diff']:.3g}"
         cos = "-" if r["min_cosine"] is None else f"{r['min_cosine']:.6f}"
-        verdict = "PASS" if r["passed"] else ("FAIL: " + r["error"] if r["error"] else "FAIL: outputs differ")
+        if r["passed"]:
+            verdict = "PASS" if not r["int8_max_diff"] else "PASS (not bit-exact; cosine rule)"
+        elif r["error"]:
+            verdict = "FAIL: " + r["error"]
+        else:
+            verdict = "FAIL: outputs differ"
         lines.append(f"{r['runtime']:<16} {r['cpu']:<5} {r['qemu_cpu']:<11} {int8:>13} {flt:>15} {cos:>11}  {verdict}")
     timings = report["timings"]
     lines.append(f"total {timings['total_s']:.0f} s (setup {timings['setup_s']:.0f} s)")
@@ -523,8 +544,11 @@ def format_table(report: dict) -> str:
 @click.option("--qemu-cpu", default=None,
               help="Override the emulated core but keep the profile's cpuinfo (e.g. max) to show what a mismatch does.")
 @click.option("--threads", default=2, show_default=True, help="Interpreter threads, as on the device.")
-@click.option("--int8-tolerance", default=0, show_default=True, help="Largest allowed int8 output difference.")
-@click.option("--min-cosine", default=0.9999, show_default=True, help="Smallest allowed cosine to the x86 embedding.")
+@click.option("--int8-tolerance", type=int, default=None,
+              help="Largest allowed int8 output difference [default: 0 for ai-edge-litert, "
+                   "unchecked for tflite-runtime, whose x86 and arm64 kernels round differently].")
+@click.option("--min-cosine", type=float, default=None,
+              help="Smallest allowed cosine to the x86 embedding [default: 0.9999 ai-edge-litert, 0.98 tflite-runtime].")
 @click.option("--timeout", default=900, show_default=True, help="Seconds allowed per emulated run.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE,
               show_default=True, help="Where the arm64 root and wheels are kept.")
@@ -534,7 +558,8 @@ def command(bundle, faces, limit, cpus, runtimes, qemu_cpu, threads, int8_tolera
             cache_dir, mirror, as_json):
     """Run BUNDLE under qemu-aarch64 (Pi 4 / Pi 5 CPUs) and compare with x86, output by output.
 
-    Exits 0 when every runtime and CPU reproduces the x86 outputs (INT8: exactly),
+    Each arm64 run is compared with the same runtime on x86.  Exits 0 when every
+    runtime and CPU reproduces the x86 outputs (ai-edge-litert INT8: exactly),
     1 on a mismatch or crash, 69 when the emulator cannot be set up.
     """
     report = check_arm(bundle, faces, tuple(cpus) or ("pi4", "pi5"), tuple(runtimes) or RUNTIMES, qemu_cpu,
