@@ -1,0 +1,174 @@
+"""Events: journald with structured fields, the SQLite audit table, and the optional sinks.
+
+Every decision and actuation becomes one :class:`Event`.  :class:`Journal`
+writes it with ``journal.send`` (systemd-python, apt ``python3-systemd``): a
+``MESSAGE_ID`` per kind, so ``journalctl MESSAGE_ID=...`` or
+``journalctl -u edge-recognizer EDGE_EVENT=granted PERSON="Ada Lovelace"`` finds them.
+Without systemd-python it falls back to one plain log line per event.
+
+The :class:`EventBus` fans an event out to the journal, the audit table and the
+sinks; a failing sink is logged and dropped from that one event, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger("edge.events")
+
+# One stable 128-bit id per event kind (journalctl MESSAGE_ID=...).  Never change a value.
+MESSAGE_IDS = {
+    "granted": "f183ec6dc56f40c9bf81730be725b198",
+    "unknown": "358a4b5c4e964810a5a08f26863c6c04",
+    "no_face": "8e2db556260e4e08bf57c5b33d8c1371",
+    "unlock": "7bdae0cf5e504653a3f87376e74a0983",
+    "unlock_refused": "2f346f6e6b804cc5a75a335d4560d234",
+    "unlock_failed": "c2505004fcb64cf1849aa7de4b9bb8a2",
+    "door_opened": "452a4b0da93c4423bc7999f9bd9a75be",
+    "door_closed": "d339f34ca88e4cd7b28f8079b97a197a",
+    "door_forced": "afac7caf127c461c83ebffb66b1c496f",
+    "door_left_open": "4f1249ce7ea444d8aecd5bb9077b8c09",
+    "door_lockout": "e8b22173f8614504b9ae6464b8091b49",
+    "relay": "105295a945a440758ef7a093fdd3574c",
+    "service_started": "4ea07190a84548e4a31cdc58f0082ed4",
+    "service_stopped": "a387811be5474c65bae7329e1e3f1249",
+    "config_reloaded": "6e3937e971684d76b206363a11b2a89d",
+    "sink_failed": "dfd7b6ee390545cda4a655a50f07ad62",
+}
+
+# syslog priorities
+ALERT, ERR, WARNING, NOTICE, INFO, DEBUG = 1, 3, 4, 5, 6, 7
+DEFAULT_PRIORITY = {
+    "door_forced": ALERT,
+    "door_lockout": ALERT,
+    "unlock_failed": ERR,
+    "door_left_open": WARNING,
+    "unlock_refused": WARNING,
+    "sink_failed": WARNING,
+    "granted": NOTICE,
+    "unlock": NOTICE,
+    "relay": DEBUG,
+    "no_face": DEBUG,
+}
+_LOGGING_LEVEL = {ALERT: logging.CRITICAL, ERR: logging.ERROR, WARNING: logging.WARNING, NOTICE: logging.INFO,
+                  INFO: logging.INFO, DEBUG: logging.DEBUG}
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    message: str
+    ts: float = field(default_factory=time.time)
+    person: str | None = None
+    person_id: int | None = None
+    distance: float | None = None
+    frames: int | None = None
+    model: str | None = None
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def priority(self) -> int:
+        return DEFAULT_PRIORITY.get(self.kind, INFO)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape sinks publish (Home Assistant reads ``event_type``)."""
+        out: dict[str, Any] = {"event_type": self.kind, "ts": round(self.ts, 3), "message": self.message}
+        for key in ("person", "distance", "frames", "model"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = round(value, 4) if isinstance(value, float) else value
+        out.update(self.detail)
+        return out
+
+    def journal_fields(self) -> dict[str, str]:
+        fields = {"EDGE_EVENT": self.kind}
+        if self.person is not None:
+            fields["PERSON"] = self.person
+        if self.distance is not None:
+            fields["DISTANCE"] = f"{self.distance:.4f}"
+        if self.frames is not None:
+            fields["FRAMES"] = str(self.frames)
+        if self.model:
+            fields["MODEL"] = self.model
+        for key, value in self.detail.items():
+            name = "EDGE_" + "".join(c if c.isalnum() else "_" for c in key).upper()
+            fields[name] = str(value)
+        return fields
+
+
+class Journal:
+    """journald when systemd-python is importable and journald reachable; plain logging otherwise."""
+
+    def __init__(self, identifier: str = "edge", use_journal: bool | None = None) -> None:
+        self.identifier = identifier
+        self._send = None
+        if use_journal is not False:
+            try:
+                from systemd import journal  # apt: python3-systemd
+
+                # Only when journald is there to receive (under systemd: $JOURNAL_STREAM or the socket).
+                if use_journal or os.environ.get("JOURNAL_STREAM") or os.path.exists("/run/systemd/journal/socket"):
+                    self._send = journal.send
+            except ImportError:
+                pass
+
+    @property
+    def structured(self) -> bool:
+        return self._send is not None
+
+    def write(self, event: Event) -> None:
+        fields = event.journal_fields()
+        if self._send is not None:
+            try:
+                self._send(MESSAGE=event.message, MESSAGE_ID=MESSAGE_IDS.get(event.kind, MESSAGE_IDS["relay"]),
+                           PRIORITY=str(event.priority), SYSLOG_IDENTIFIER=self.identifier, **fields)
+                return
+            except OSError as exc:  # journald gone: fall through to the log line
+                log.debug("journal.send failed: %s", exc)
+        extras = " ".join(f"{k}={v!r}" if " " in v else f"{k}={v}" for k, v in fields.items() if k != "EDGE_EVENT")
+        log.log(_LOGGING_LEVEL.get(event.priority, logging.INFO), "%s: %s%s", event.kind, event.message,
+                f" [{extras}]" if extras else "")
+
+
+class EventBus:
+    """Journal + audit table + sinks.  ``audit`` is a callable writing one row (the gallery's ``log_event``)."""
+
+    def __init__(self, journal: Journal, audit: Callable[..., Any] | None = None, sinks: Iterable = ()) -> None:
+        self.journal = journal
+        self.audit = audit
+        self.sinks = list(sinks)
+
+    def replace_sinks(self, sinks: Iterable) -> None:
+        old, self.sinks = self.sinks, list(sinks)
+        for sink in old:
+            sink.close()
+
+    def emit(self, event: Event, audit: bool = True) -> None:
+        self.journal.write(event)
+        if audit and self.audit is not None:
+            try:
+                self.audit(event.kind, name=event.person, person_id=event.person_id, distance=event.distance,
+                           frames=event.frames, model_id=event.model, detail=event.detail or None, ts=event.ts)
+            except Exception as exc:  # the audit trail failing must not stop the door loop
+                log.error("audit table write failed for %s: %s", event.kind, exc)
+        payload = event.as_dict()
+        for sink in self.sinks:
+            sink.submit(payload)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+
+def decision_event(decision) -> Event:
+    """A :class:`edge.types.Decision` as an event (kind = the outcome)."""
+    return Event(
+        kind=decision.outcome.value, message=decision.describe(), person=decision.name, person_id=decision.person_id,
+        distance=decision.distance, frames=decision.frames, model=decision.model or None,
+        detail={"window": decision.window, "frame": decision.frame_index},
+    )
