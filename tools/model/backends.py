@@ -69,7 +69,7 @@ def describe(embedder: Embedder) -> dict:
             "model_id": embedder.model_id,
             "sha256": embedder.bundle.sha256,
             "runtime": getattr(embedder, "runtime", None),
-            "quantization": manifest.get("quantization"),
+            "quantization": manifest.get("quantisation", manifest.get("quantization")),
         }
     if isinstance(embedder, OnnxEmbedder):
         return {"kind": "onnx-float", "path": str(embedder.path), "model_id": embedder.model_id,
