@@ -52,3 +52,47 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     assert config.resolved_state_dir() == tmp_path / "state"
     assert config.model_path(config.embedder.model) == tmp_path / "bundles" / "x"
     assert config.gallery_path() == tmp_path / "state" / "gallery.db"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"door": {"pulse_seconds": 0}}, r"door.pulse_seconds: 0.0 is out of range \[0.2, 30.0\]"),
+        ({"door": {"pulse_seconds": 31}}, "door.pulse_seconds: 31.0 is out of range"),
+        ({"door": {"relay_pin": 60}}, "door.relay_pin: 60 is out of range"),
+        ({"door": {"relay_pin": "GPIO17"}}, "door.relay_pin: expected an integer"),
+        ({"door": {"active_high": "yes"}}, "door.active_high: expected true or false"),
+        ({"door": {"contact_pin": 17}}, "door.contact_pin: GPIO17 is already door.relay_pin"),
+        ({"door": {"max_unlocks_per_minute": 0}}, "door.max_unlocks_per_minute: 0 is out of range"),
+        ({"door": {"flood_requests": 1}}, "door.flood_requests: 1 is out of range"),
+        ({"door": {"lockout_seconds": 0.5}}, "door.lockout_seconds: 0.5 is out of range"),
+        ({"door": {"recognizer_user": "root; rm -rf /"}}, "door.recognizer_user: .* is not a user name"),
+        ({"door": {"recognizer_user": ""}}, "door.recognizer_user"),
+        ({"door": {"socket": "/run/" + "x" * 120}}, "door.socket: .* longer than 107 bytes"),
+        ({"door": {"socket": "@door"}}, "door.socket: abstract sockets"),
+        ({"door": {"pulse": 3}}, r"unknown config key 'pulse' in \[door\]"),
+        ({"events": {"webhook_url": "ftp://example.invalid/x"}}, "events.webhook_url: .* is not an http"),
+        ({"events": {"webhook_url": "http://"}}, "events.webhook_url"),
+        ({"events": {"webhook_timeout": 0}}, "events.webhook_timeout: 0.0 is out of range"),
+        ({"events": {"mqtt_port": 70000}}, "events.mqtt_port: 70000 is out of range"),
+        ({"events": {"mqtt_host": "mqtt://broker"}}, "events.mqtt_host: .* is not a host name"),
+        ({"events": {"mqtt_topic_prefix": "edge/#"}}, "events.mqtt_topic_prefix: .* must not contain"),
+        ({"events": {"mqtt_topic_prefix": ""}}, "events.mqtt_topic_prefix: must not be empty"),
+        ({"events": {"mqtt_discovery_prefix": "/ha"}}, "events.mqtt_discovery_prefix"),
+        ({"events": {"mqtt_node_id": "front door"}}, "events.mqtt_node_id: .* may only hold"),
+        ({"events": {"queue_size": 0}}, "events.queue_size: 0 is out of range"),
+        ({"events": {"mqtt": True}}, r"unknown config key 'mqtt' in \[events\]"),
+    ],
+)
+def test_bad_door_and_events_values_are_rejected(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_door_and_events_defaults_are_safe():
+    config = default_config()
+    assert config.door.pulse_seconds == 3.0 and config.door.active_high is True and config.door.contact_pin == -1
+    assert config.events.webhook_url == "" and config.events.mqtt_host == ""  # sinks off by default
+    ok = config_from_dict({"door": {"recognizer_user": "1000", "contact_pin": 27, "active_high": False},
+                           "events": {"webhook_url": "https://127.0.0.1:8443/hook", "mqtt_host": "127.0.0.1"}})
+    assert ok.door.recognizer_user == "1000" and ok.events.mqtt_port == 1883
