@@ -428,7 +428,11 @@ def reference_outputs(source: Source, nhwc: np.ndarray, keras_model=None, saved_
     if source.fmt == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(source.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # initialiser-in-inputs warnings of old exporters are noise here
+        session = ort.InferenceSession(
+            source.onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
         name = session.get_inputs()[0].name
         batch = np.transpose(nhwc, (0, 3, 1, 2)) if source.layout == "NCHW" else nhwc
         fixed = source.input_shape[0]
