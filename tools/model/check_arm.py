@@ -223,6 +223,8 @@ def build_root(cache: Path, qemu: str, mirror: str = DEFAULT_MIRROR) -> Path:
             raise SetupError(f"unpacking {debs[0].name} failed: {tar.stderr.strip()}")
     for deb in archives.glob("*.deb"):
         deb.unlink()
+    for name in ("doc", "man", "info", "locale"):
+        shutil.rmtree(work / "usr" / "share" / name, ignore_errors=True)
     probe = _run([qemu, "-L", str(work), str(work / "usr/bin/python3.11"), "-c",
                   "import platform, ssl, sqlite3, ctypes; print(platform.machine(), platform.python_version())"],
                  "starting the arm64 python under qemu")
