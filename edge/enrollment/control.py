@@ -1,0 +1,415 @@
+"""The enrollment control socket: the running recognizer takes enrollment requests from ``edge enroll``.
+
+Security: a unix stream socket, mode 0660, group ``enrollment.socket_group``
+(default: the service's own group); on top of the file mode every connection's
+``SO_PEERCRED`` is checked: root, the service's own uid, or a member of that
+group (primary or supplementary, read from ``/proc/<pid>/status``).  Anyone
+else gets an error line and the connection is closed.
+
+Protocol (one JSON object per line, both ways):
+
+* request ``{"op": "ping"}`` -> ``{"event": "pong", "model": ..., "threshold": ...}``
+* request ``{"op": "enroll", "name": ..., "samples": N, "timeout": s, "keep_crops": bool,
+  "crops": bool, "allow_lookalike": bool}`` -> ``started``, then ``rejected`` / ``accepted`` /
+  ``warning`` / ``info`` events as frames come, then ``done`` or ``error``.
+* The client closing its end (Ctrl-C, kill) cancels the session; nothing is saved.
+
+Threads: the frame loop calls :meth:`ControlServer.on_frame` (quality gates
+and one extra embedding per good frame, only while a session is active); the
+listener thread accepts; one thread per connection talks to the client and
+writes to the gallery through its own SQLite connection.  The recognizer's
+Matcher picks the new samples up through the gallery's data_version.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import logging
+import os
+import pwd
+import queue
+import select
+import socket
+import stat
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import ConfigError, EdgeError
+from .errors import ControlPermissionError, EnrollmentError, ServiceNotRunning
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+SOCKET_NAME = "control.sock"
+
+
+def socket_path(config) -> Path:
+    value = config.enrollment.socket_path
+    if not value:
+        return config.resolved_state_dir() / SOCKET_NAME
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else config.base_dir / path
+
+
+def resolve_group(name: str) -> int:
+    if not name:
+        return os.getegid()
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise ConfigError(f"enrollment.socket_group: no group named {name!r} on this system") from None
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)
+
+
+def _process_groups(pid: int) -> set[int] | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return {int(g) for g in line.split()[1:]}
+    except OSError:
+        return None
+    return None
+
+
+def _send(conn: socket.socket, obj: dict) -> None:
+    conn.sendall((json.dumps(obj) + "\n").encode())
+
+
+def _read_line(conn: socket.socket, timeout: float) -> bytes:
+    conn.settimeout(timeout)
+    data = b""
+    while b"\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise ValueError("request too long")
+    return data.split(b"\n", 1)[0]
+
+
+class _Active:
+    def __init__(self, session, uid: int) -> None:
+        self.session = session
+        self.uid = uid
+        self.events: queue.Queue = queue.Queue()
+
+
+class ControlServer:
+    """Serves enrollment requests from inside the running recognizer.
+
+    ``embedder`` must be the recognizer's own (it is only used on the frame
+    loop thread, from :meth:`on_frame`); ``threshold`` is a callable so a
+    config reload (SIGHUP) is seen by the next session.
+    """
+
+    def __init__(self, config, embedder, threshold: Callable[[], float], *, path: Path | None = None,
+                 mode: int = 0o660, group: str | None = None) -> None:
+        self.config = config
+        self.embedder = embedder
+        self.threshold = threshold
+        self.path = Path(path) if path is not None else socket_path(config)
+        self.mode = mode
+        self.gid = resolve_group(config.enrollment.socket_group if group is None else group)
+        self.gallery_path = config.gallery_path()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._active: _Active | None = None
+        self._inode: int | None = None
+        self.frames = 0
+
+    # -- life cycle ---------------------------------------------------------------
+    def start(self) -> "ControlServer":
+        if len(os.fsencode(str(self.path))) > 107:
+            raise ConfigError(f"control socket path {self.path} is longer than the 107 bytes a unix socket allows")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise EnrollmentError(f"{self.path} exists and is not a socket; refusing to replace it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(self.path))
+                raise EnrollmentError(f"another recognizer already serves {self.path}")
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(self.path)  # stale, from a crashed run
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # never world-accessible, not even between bind and chmod
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, self.mode)
+        if self.gid != os.getegid():
+            try:
+                os.chown(self.path, -1, self.gid)
+            except PermissionError as exc:
+                sock.close()
+                raise ConfigError(f"cannot give {self.path} to group {self.gid}: {exc}") from exc
+        self._inode = os.stat(self.path).st_ino
+        sock.listen(8)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="edge-enroll-control", daemon=True)
+        self._thread.start()
+        log.info("enrollment control socket at %s (mode %o, group %d)", self.path, self.mode, self.gid)
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        active = self._active
+        if active is not None:
+            active.session.cancelled.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+        try:
+            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    # -- frame loop side ----------------------------------------------------------------
+    def on_frame(self, result, stats=None) -> None:
+        """Frame observer ``(FrameResult, RunStats)``; costs nothing while no one enrolls."""
+        self.frames += 1
+        active = self._active
+        if active is None:
+            return
+        try:
+            for event in active.session.offer(result.frame.main, result.faces, result.frame.timestamp):
+                active.events.put(event)
+        except Exception as exc:  # a broken session must not take the door down
+            log.exception("enrollment session failed")
+            active.session.cancelled.set()
+            active.events.put({"event": "error", "message": f"internal error in the recognizer: {exc}"})
+
+    # -- connections -----------------------------------------------------------------------
+    def _serve(self) -> None:
+        while not self._halt.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._halt.is_set():
+                    break
+                raise
+            threading.Thread(target=self._handle, args=(conn,), name="edge-enroll-conn", daemon=True).start()
+
+    def allowed(self, pid: int, uid: int, gid: int) -> bool:
+        if uid == 0 or uid == os.geteuid() or gid == self.gid:
+            return True
+        groups = _process_groups(pid)
+        if groups is None:
+            try:
+                user = pwd.getpwuid(uid).pw_name
+                groups = set(os.getgrouplist(user, gid))
+            except KeyError:
+                groups = set()
+        return self.gid in groups
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                pid, uid, gid = peer_credentials(conn)
+                if not self.allowed(pid, uid, gid):
+                    log.warning("control socket: refused uid %d (pid %d): not root, not us, not in group %d",
+                                uid, pid, self.gid)
+                    _send(conn, {"event": "error", "code": "permission",
+                                 "message": f"uid {uid} may not enroll: not in group {self.gid}"})
+                    return
+                request = json.loads(_read_line(conn, 10.0) or b"{}")
+                op = request.get("op")
+                if op == "ping":
+                    _send(conn, {"event": "pong", "model": self.embedder.model_id, "threshold": self.threshold(),
+                                 "frames": self.frames, "busy": self._active is not None})
+                elif op == "enroll":
+                    self._enroll(conn, request, uid)
+                else:
+                    _send(conn, {"event": "error", "message": f"unknown request {op!r}"})
+            except (OSError, ValueError) as exc:
+                log.info("control connection ended: %s", exc)
+            except EdgeError as exc:
+                try:
+                    _send(conn, {"event": "error", "message": str(exc), "exit_code": exc.exit_code})
+                except OSError:
+                    pass
+
+    def _enroll(self, conn: socket.socket, request: dict, uid: int) -> None:
+        from ..gallery import Gallery
+        from .live import commit, done_event, start_session, summary_line
+
+        enrollment = self.config.enrollment
+        name = str(request.get("name", ""))
+        wanted = int(request.get("samples") or enrollment.samples)
+        timeout = float(request.get("timeout") or enrollment.timeout)
+        if not 1 <= wanted <= 50:
+            raise EnrollmentError(f"samples must be 1..50, not {wanted}")
+        with Gallery(self.gallery_path) as gallery:
+            session = start_session(gallery, name, wanted, self.config, self.embedder, self.threshold(),
+                                    allow_lookalike=bool(request.get("allow_lookalike")),
+                                    want_crops=bool(request.get("crops")))
+            active = _Active(session, uid)
+            with self._lock:
+                if self._active is not None:
+                    raise EnrollmentError(f"busy: {self._active.session.name} is being enrolled right now")
+                self._active = active
+            log.info("enrollment of %s started by uid %d (%d samples)", session.name, uid, wanted)
+            try:
+                _send(conn, {"event": "started", "name": session.name, "samples": wanted,
+                             "model": self.embedder.model_id, "threshold": self.threshold(), "where": "recognizer"})
+                outcome = self._pump(conn, active, timeout)
+                if outcome == "done":
+                    self._active = None
+                    if self._client_gone(conn):
+                        log.info("enrollment of %s: client left before the save; nothing saved", session.name)
+                        return
+                    keep = bool(request.get("keep_crops"))
+                    person_id = commit(gallery, session, self.embedder.model_id,
+                                       self.config.gallery.embedding_dtype, keep, via=f"live:uid{uid}")
+                    total = next((p.samples for p in gallery.people() if p.id == person_id), wanted)
+                    log.info("enrolled %s: %d samples (%s)", session.name, wanted, summary_line(session))
+                    _send(conn, done_event(session, self.embedder.model_id, total))
+                elif outcome == "timeout":
+                    _send(conn, {"event": "error", "message":
+                                 f"timed out after {timeout:.0f} s with {len(session.samples)}/{wanted} good "
+                                 f"samples; nothing was saved ({summary_line(session)})"})
+                else:
+                    log.info("enrollment of %s cancelled (%s); nothing saved", session.name, outcome)
+            finally:
+                session.cancelled.set()
+                with self._lock:
+                    if self._active is active:
+                        self._active = None
+
+    @staticmethod
+    def _client_gone(conn: socket.socket) -> bool:
+        try:
+            readable, _, _ = select.select([conn], [], [], 0)
+            if not readable:
+                return False
+            data = conn.recv(4096, socket.MSG_PEEK)
+            return not data or b"cancel" in data
+        except OSError:
+            return True
+
+    def _pump(self, conn: socket.socket, active: _Active, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        idle_told = 0.0
+        conn.settimeout(10.0)
+        while True:
+            if self._halt.is_set():
+                _send(conn, {"event": "error", "message": "the recognizer is stopping; nothing was saved"})
+                return "stopping"
+            if self._client_gone(conn):
+                return "client gone"
+            try:
+                event = active.events.get(timeout=0.2)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                _send(conn, event)
+                if event["event"] == "error":
+                    return "error"
+            session = active.session
+            if session.done and active.events.empty():
+                return "done"
+            now = time.monotonic()
+            if now > deadline:
+                return "timeout"
+            last = session.last_frame_at
+            stale = now - (last if last is not None else started)
+            if stale > 5.0 and now - idle_told > 5.0:
+                idle_told = now
+                _send(conn, {"event": "info", "message": f"no frames from the camera for {stale:.0f} s"})
+
+
+# -- wiring ---------------------------------------------------------------------------------
+def service_component(service) -> ControlServer:
+    """Factory for :data:`edge.service.recognizer_service.COMPONENTS`."""
+    recognizer = service.recognizer
+    server = ControlServer(service.config, recognizer.embedder, lambda: recognizer.threshold)
+    service.frame_observers.append(server.on_frame)
+    return server
+
+
+def attach_control_server(recognizer, config, **kwargs) -> ControlServer:
+    """Start a control server for a plain :class:`edge.app.Recognizer`; pass ``server.on_frame`` to ``run``."""
+    return ControlServer(config, recognizer.embedder, lambda: recognizer.threshold, **kwargs).start()
+
+
+# -- client -------------------------------------------------------------------------------------
+class ControlClient:
+    def __init__(self, path: str | Path, timeout: float = 15.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+
+    def connect(self) -> "ControlClient":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise ServiceNotRunning(f"no recognizer is listening on {self.path}") from exc
+        except PermissionError as exc:
+            sock.close()
+            try:
+                group = grp.getgrgid(os.stat(self.path).st_gid).gr_name
+            except (KeyError, OSError):
+                group = "the socket's group"
+            raise ControlPermissionError(
+                f"permission denied on {self.path}: enrolling needs membership in group {group!r} (or root)"
+            ) from exc
+        self.sock = sock
+        return self
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self) -> "ControlClient":
+        return self.connect() if self.sock is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, obj: dict, idle_timeout: float | None = None) -> Iterator[dict]:
+        """Send one request; yield the server's events until it closes the connection."""
+        assert self.sock is not None
+        _send(self.sock, obj)
+        self.sock.settimeout(idle_timeout or self.timeout)
+        buffer = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout as exc:
+                raise EnrollmentError(f"the recognizer stopped answering on {self.path}") from exc
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    event = json.loads(line)
+                    if event.get("event") == "error" and event.get("code") == "permission":
+                        raise ControlPermissionError(event.get("message", "permission denied"))
+                    yield event
