@@ -108,3 +108,15 @@ def test_a_failing_audit_write_does_not_stop_the_bus():
     bus = EventBus(Journal(use_journal=False), audit=broken, sinks=[Sink()])
     bus.emit(Event("unlock", "door unlocked"))
     assert delivered[0]["event_type"] == "unlock"
+
+
+def test_a_full_notify_queue_drops_pings_instead_of_blocking(tmp_path):
+    import time
+
+    server = _bound(tmp_path)  # never read: the queue fills up
+    notifier = Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    started = time.monotonic()
+    results = [notifier.send(WATCHDOG=1) for _ in range(2000)]
+    assert time.monotonic() - started < 2.0
+    assert results[0] is True and results[-1] is False
+    server.close()

@@ -42,12 +42,18 @@ class Notifier:
     def enabled(self) -> bool:
         return self._sock is not None
 
-    def send(self, **fields) -> bool:
-        """``send(READY=1, STATUS="...")`` -> one datagram ``READY=1\\nSTATUS=...``."""
+    def send(self, wait: float = 0.0, **fields) -> bool:
+        """``send(READY=1, STATUS="...")`` -> one datagram ``READY=1\\nSTATUS=...``.
+
+        A full receive queue (a busy or hung manager) drops the message instead of
+        blocking the frame loop; state changes (READY, STOPPING, RELOADING) wait up
+        to ``wait`` seconds for room first.
+        """
         if self._sock is None:
             return False
         text = "\n".join(f"{k}={str(v).replace(chr(10), ' ')}" for k, v in fields.items())
         try:
+            self._sock.settimeout(wait if wait > 0 else 0.0)
             self._sock.sendto(text.encode(), self._address)
             return True
         except OSError as exc:
@@ -55,17 +61,19 @@ class Notifier:
             return False
 
     def ready(self, status: str = "") -> bool:
-        return self.send(READY=1, STATUS=status, MAINPID=os.getpid()) if status else self.send(READY=1, MAINPID=os.getpid())
+        if status:
+            return self.send(wait=1.0, READY=1, STATUS=status, MAINPID=os.getpid())
+        return self.send(wait=1.0, READY=1, MAINPID=os.getpid())
 
     def status(self, text: str) -> bool:
         return self.send(STATUS=text)
 
     def stopping(self, status: str = "stopping") -> bool:
-        return self.send(STOPPING=1, STATUS=status)
+        return self.send(wait=1.0, STOPPING=1, STATUS=status)
 
     def reloading(self) -> bool:
         # Type=notify-reload (systemd 253) wants MONOTONIC_USEC beside RELOADING=1.
-        return self.send(RELOADING=1, MONOTONIC_USEC=int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6))
+        return self.send(wait=1.0, RELOADING=1, MONOTONIC_USEC=int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6))
 
     def close(self) -> None:
         if self._sock is not None:
