@@ -242,6 +242,28 @@ def people_rename(config_path, old, new):
     click.echo(f"renamed {old} to {new}")
 
 
+@people.command("reembed")
+@config_option
+@boundary
+def people_reembed(config_path):
+    """Re-embed everyone's kept crops with the configured embedder (after switching models).
+
+    People enrolled without --keep-crops cannot be re-embedded: they are listed
+    and must be enrolled again.
+    """
+    from .enroll import reembed_from_crops
+
+    config, gallery, _, build_embedder = _gallery_tools(config_path)
+    with gallery:
+        embedder = build_embedder(config)
+        report = reembed_from_crops(gallery, embedder, config.gallery.embedding_dtype)
+    for name, result in report.items():
+        if result == "re-enroll":
+            click.echo(f"{name}: no kept crops, must be enrolled again with {embedder.model_id}")
+        else:
+            click.echo(f"{name}: {result} sample(s) added for {embedder.model_id}")
+
+
 @main.command()
 @config_option
 @click.option("--limit", default=20, show_default=True)

@@ -58,3 +58,28 @@ def enroll_files(gallery: Gallery, detector: Detector, embedder: Embedder, name:
     )
     log.info("enrolled %s from %d image(s)", name, len(prepared))
     return len(prepared)
+
+
+def reembed_from_crops(gallery: Gallery, embedder: Embedder, dtype: str = "float32") -> dict[str, int | str]:
+    """Embed every kept crop with ``embedder`` so the gallery can be used with a new model.
+
+    Samples of the old model stay (switching back keeps working); people
+    without kept crops are reported, since only a new enrollment can add them.
+    Returns {name: samples added} with "re-enroll" for people who had no crops.
+    """
+    report: dict[str, int | str] = {}
+    for person in gallery.people():
+        if embedder.model_id in person.models:
+            report[person.name] = 0
+            continue
+        kept = gallery.crops_for(person.name)
+        if not kept:
+            report[person.name] = "re-enroll"
+            continue
+        crops = [cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR) for _, blob in kept]
+        embeddings = embedder.embed(crops)
+        gallery.add_samples(person.name, embeddings, embedder.model_id, dtype=dtype,
+                            source=["re-embedded crop"] * len(kept), capture_ids=[cap for cap, _ in kept],
+                            create=False)
+        report[person.name] = len(kept)
+    return report
