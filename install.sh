@@ -62,7 +62,7 @@ if command -v apt-get >/dev/null 2>&1; then
   python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
   if [ "$want_test" = 1 ]; then
     # qemu-user-static + a Debian arm64 root: edge-model check-arm; systemd: systemd-analyze verify of the units
-    pkgs+=(qemu-user-static systemd dpkg-dev)
+    pkgs+=(qemu-user-static debootstrap systemd dpkg-dev)
   fi
   apt_install "${pkgs[@]}"
 fi
