@@ -96,3 +96,15 @@ def test_door_and_events_defaults_are_safe():
     ok = config_from_dict({"door": {"recognizer_user": "1000", "contact_pin": 27, "active_high": False},
                            "events": {"webhook_url": "https://127.0.0.1:8443/hook", "mqtt_host": "127.0.0.1"}})
     assert ok.door.recognizer_user == "1000" and ok.events.mqtt_port == 1883
+
+
+def test_enrollment_section_defaults_bounds_and_cross_check():
+    config = default_config()
+    assert config.enrollment.min_face_px == 64 and config.enrollment.socket_path == ""
+    assert config_from_dict({"enrollment": {"samples": 8, "socket_group": "edge"}}).enrollment.samples == 8
+    with pytest.raises(ConfigError, match="enrollment.samples: 0 is out of range"):
+        config_from_dict({"enrollment": {"samples": 0}})
+    with pytest.raises(ConfigError, match="unknown config key 'min_sharpnes' in \\[enrollment\\]"):
+        config_from_dict({"enrollment": {"min_sharpnes": 10}})
+    with pytest.raises(ConfigError, match="min_brightness .* must be below"):
+        config_from_dict({"enrollment": {"min_brightness": 200.0, "max_brightness": 100.0}})

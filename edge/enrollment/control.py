@@ -206,10 +206,10 @@ class ControlServer:
                 conn, _ = self._sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
-                if self._halt.is_set():
-                    break
-                raise
+            except OSError as exc:
+                if not self._halt.is_set():
+                    log.error("control socket stopped accepting: %s", exc)
+                break
             threading.Thread(target=self._handle, args=(conn,), name="edge-enroll-conn", daemon=True).start()
 
     def allowed(self, pid: int, uid: int, gid: int) -> bool:
@@ -229,6 +229,10 @@ class ControlServer:
             try:
                 pid, uid, gid = peer_credentials(conn)
                 if not self.allowed(pid, uid, gid):
+                    try:  # read the request first, so the refusal is not lost to a connection reset
+                        _read_line(conn, 1.0)
+                    except (OSError, ValueError):
+                        pass
                     log.warning("control socket: refused uid %d (pid %d): not root, not us, not in group %d",
                                 uid, pid, self.gid)
                     _send(conn, {"event": "error", "code": "permission",
@@ -342,12 +346,36 @@ class ControlServer:
 
 
 # -- wiring ---------------------------------------------------------------------------------
-def service_component(service) -> ControlServer:
+class _ServiceComponent:
+    """The control server as a service component: a socket that cannot be opened is logged, not fatal.
+
+    Enrollment is an operator convenience; the door keeps working without it.
+    """
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.server: ControlServer | None = None
+
+    def start(self) -> None:
+        recognizer = self.service.recognizer
+        try:
+            server = ControlServer(self.service.config, recognizer.embedder, lambda: recognizer.threshold).start()
+        except (EdgeError, OSError) as exc:
+            log.error("enrollment control socket unavailable, live enrollment disabled: %s", exc)
+            return
+        self.server = server
+        self.service.frame_observers.append(server.on_frame)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            if self.server.on_frame in self.service.frame_observers:
+                self.service.frame_observers.remove(self.server.on_frame)
+            self.server.stop()
+
+
+def service_component(service) -> _ServiceComponent:
     """Factory for :data:`edge.service.recognizer_service.COMPONENTS`."""
-    recognizer = service.recognizer
-    server = ControlServer(service.config, recognizer.embedder, lambda: recognizer.threshold)
-    service.frame_observers.append(server.on_frame)
-    return server
+    return _ServiceComponent(service)
 
 
 def attach_control_server(recognizer, config, **kwargs) -> ControlServer:
@@ -395,7 +423,10 @@ class ControlClient:
     def request(self, obj: dict, idle_timeout: float | None = None) -> Iterator[dict]:
         """Send one request; yield the server's events until it closes the connection."""
         assert self.sock is not None
-        _send(self.sock, obj)
+        try:
+            _send(self.sock, obj)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed first: its reason is still waiting to be read
         self.sock.settimeout(idle_timeout or self.timeout)
         buffer = b""
         while True:
@@ -403,6 +434,8 @@ class ControlClient:
                 chunk = self.sock.recv(65536)
             except socket.timeout as exc:
                 raise EnrollmentError(f"the recognizer stopped answering on {self.path}") from exc
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 break
             buffer += chunk

@@ -56,7 +56,7 @@ log = logging.getLogger("edge.serve")
 
 # name -> "module:factory"; factory(service) returns an object with start()/stop(), or None.
 COMPONENTS: dict[str, str] = {
-    # "enrollment": "edge.enrollment.server:service_component",
+    "enrollment": "edge.enrollment.control:service_component",
 }
 
 STATUS_INTERVAL = 2.0
@@ -127,7 +127,7 @@ class _DoorEventPoller(threading.Thread):
                     if item.get("event_type") in DOOR_EVENT_KINDS:
                         self.out.put(item)
             except DoorUnavailable:
-                self.seq = None if self.seq is None else self.seq
+                pass  # the actuator is restarting; the next poll catches up
             except Exception as exc:  # never let this thread die silently
                 log.debug("door event poll: %s", exc)
 
