@@ -6,7 +6,6 @@ import os
 import socket
 import uuid
 
-import pytest
 
 from edge.service.activation import listen_fds
 from edge.service.events import MESSAGE_IDS, Event, EventBus, Journal

@@ -3,14 +3,11 @@ replay frames, and (for unlocks) a real ``edge door`` with the mock pin factory.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +26,9 @@ pytestmark = pytest.mark.skipif(not (SFACE / "manifest.json").is_file(), reason=
 
 
 def _threshold() -> float:
-    manifest = json.loads((SFACE / "manifest.json").read_text())
-    return manifest.get("threshold") or 1.128  # SFace's published cosine 0.363 as an L2 distance
+    # Pinned, so these service tests do not move with the bundle's tuning: SFace's published cosine
+    # threshold 0.363 as an L2 distance.  The demo visitors sit at 0.91 / 0.68, the stranger at 1.29.
+    return 1.128
 
 
 def _frames(folder: Path, *patterns: str) -> Path:
