@@ -253,6 +253,18 @@ def test_socket_activation(tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_status_from_the_command_line(actuator_factory):
+    a = actuator_factory().start()
+    result = subprocess.run([sys.executable, "-m", "edge.cli", "door", "--status", "-c", str(a.config)],
+                            env=edge_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["relay"] is False
+    a.stop()
+    result = subprocess.run([sys.executable, "-m", "edge.cli", "door", "--status", "-c", str(a.config)],
+                            env=edge_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 69 and "door.sock" in result.stderr
+
+
 def test_unreachable_actuator_is_a_clear_error(tmp_path):
     with pytest.raises(DoorUnavailable, match="door.sock"):
         DoorClient(str(tmp_path / "door.sock"), timeout=0.2).unlock("Ada")

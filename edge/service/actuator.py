@@ -464,11 +464,13 @@ def run_actuator(config) -> int:
     relay = Relay(door.relay_pin, door.active_high)  # initial_value=False: off before anything else
     contact = None
     server = None
+    bound: Path | None = None
     stop_signals = (signal.SIGTERM, signal.SIGINT)
     try:
         contact = Contact(door.contact_pin, door.contact_pull_up) if door.contact_pin >= 0 else None
         controller = DoorController(door, relay, contact, writer)
         listener, where = _listener(config)
+        bound = None if where == "socket activation" else Path(where)
         notifier = Notifier()
         server = ActuatorServer(listener, controller, allowed_uid, notifier,
                                 Watchdog(notifier, watchdog_interval()))
@@ -498,6 +500,9 @@ def run_actuator(config) -> int:
                 contact.close()
             if server is not None:
                 server.close()
+                server.listener.close()
+            if bound is not None:
+                bound.unlink(missing_ok=True)
 
 
 def _cli():
@@ -507,13 +512,22 @@ def _cli():
     @config_option
     @click.option("--off", "off_only", is_flag=True,
                   help="Drive the relay off and exit (the unit's ExecStopPost=, after a crash or SIGKILL).")
+    @click.option("--status", "show_status", is_flag=True,
+                  help="Ask the running actuator for its state (relay, door, counters) and print it as JSON.")
     @boundary
-    def command(config_path, off_only):
+    def command(config_path, off_only, show_status):
         """Run the door actuator: the relay behind a unix socket that only the recognizer may use."""
         from ..cli import _load, _setup_logging
+        from .lock_client import DoorClient, DoorUnavailable
 
         config = _load(config_path)
         _setup_logging(config.log_level)
+        if show_status:
+            try:
+                click.echo(json.dumps(DoorClient(str(socket_path(config)), config.door.request_timeout).status()))
+            except DoorUnavailable as exc:
+                raise DoorError(str(exc)) from exc
+            return
         if off_only:
             force_off(config)
             click.echo(f"relay GPIO{config.door.relay_pin} off")

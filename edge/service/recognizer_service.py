@@ -189,7 +189,7 @@ class RecognizerService:
 
     def _build_door(self, config) -> None:
         from .actuator import socket_path
-        from .lock_client import DoorClient
+        from .lock_client import DoorClient, DoorUnavailable
 
         if self._poller is not None:
             self._poller.halt.set()
@@ -199,6 +199,12 @@ class RecognizerService:
             log.warning("door.socket is empty: decisions are logged, nothing is unlocked")
             return
         self.door = DoorClient(str(socket_path(config)), config.door.request_timeout)
+        try:
+            state = self.door.status()
+            log.info("actuator at %s: relay %s, door %s", self.door.path, "on" if state.get("relay") else "off",
+                     state.get("door"))
+        except DoorUnavailable as exc:  # not fatal: it may start later, and every unlock says so if not
+            log.warning("%s; grants will be logged as unlock_failed until it answers", exc)
         self._poller = _DoorEventPoller(DoorClient(str(socket_path(config)), config.door.request_timeout), self._door_events)
         self._poller.start()
 
