@@ -52,8 +52,16 @@ class Progress:
             if self.tty:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=event["samples"], unit="sample", file=self.stream, dynamic_ncols=True,
-                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
+                # Some SSH/serial terminals report 0 columns, which would hide the bar: assume 80.
+                # (tqdm hides a bar on a terminal of 0 lines, too.)
+                try:
+                    size = os.get_terminal_size(self.stream.fileno())
+                except (OSError, ValueError):
+                    size = os.terminal_size((0, 0))
+                sized = size.columns > 0 and size.lines > 0
+                self.bar = tqdm(total=event["samples"], unit="sample", file=self.stream, dynamic_ncols=sized,
+                                ncols=None if sized else 80, nrows=None if sized else 24,
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}")
         elif kind == "accepted":
             if event.get("crop"):
                 self.crops.append(base64.b64decode(event["crop"]))
