@@ -140,7 +140,7 @@ def test_ready_after_warm_up_then_watchdog_while_frames_flow_and_not_when_the_ca
                 statuses.append(f["STATUS"])
     assert time.monotonic() - last_ping >= 3.0, "the pings never stopped"
     assert len(pings) >= 3  # WATCHDOG_USEC=1 s -> a ping every 0.5 s while frames flow
-    assert max(b - a for a, b in zip([ready[0]] + pings, pings)) < 0.8
+    assert max(b - a for a, b in zip([ready[0]] + pings, pings)) < 1.0  # inside WatchdogSec
     assert any(re.match(r"[0-9.]+ fps, \d+ frames, \d+ faces, \d+ granted; last: ", s) for s in statuses), statuses
     assert "granted name=Emmanuel Macron" in service.log()
     assert service.proc.poll() is None  # still running: it is systemd's watchdog that restarts a stalled unit
@@ -202,7 +202,7 @@ def test_granted_unlocks_for_the_pulse_and_a_stranger_does_not(services, actuato
     time.sleep(0.7)
     periods = relay_periods(read_events(events_log))
     assert len(periods) == 2  # the stranger never energised the relay
-    assert all(off is not None and 0.45 <= off - on <= 0.65 for on, off in periods)
+    assert all(off is not None and 0.45 <= off - on <= 0.8 for on, off in periods)
     assert [e["person"] for e in read_events(events_log) if e["event_type"] == "unlock"] == [
         "Emmanuel Macron", "Jacinda Ardern"]
     assert "unlock: door unlocked for Emmanuel Macron" in service.log()
@@ -227,7 +227,7 @@ def test_killing_the_recognizer_mid_pulse_leaves_the_relay_off(services, actuato
     time.sleep(0.7)
     assert client.status()["relay"] is False
     (on, off), = relay_periods(read_events(actuator / "door-events.jsonl"))
-    assert off - on <= 0.65
+    assert off - on <= 0.8
 
 
 def test_unreachable_actuator_is_an_event_not_a_crash(services, tmp_path):
@@ -258,7 +258,10 @@ def test_sighup_reloads_the_threshold_without_dropping_the_camera(services):
     assert service.notify.wait_for("READY", 5) is not None
     time.sleep(0.2)
     assert "config reloaded: threshold 0.300" in service.log()
-    service.notify.poll(6.0)  # the rest of the first replay and all of the second
+    last_ping, deadline = time.monotonic(), time.monotonic() + 90
+    while time.monotonic() - last_ping < 2.0 and time.monotonic() < deadline:  # until the script stalls
+        if any("WATCHDOG" in f for _, f in service.notify.poll(0.25)):
+            last_ping = time.monotonic()
     assert service.proc.poll() is None
     assert service.terminate() == 0
     grants = [r for r in service.events() if r["kind"] == "granted"]
