@@ -119,3 +119,15 @@ def test_a_full_notify_queue_drops_pings_instead_of_blocking(tmp_path):
     assert time.monotonic() - started < 2.0
     assert results[0] is True and results[-1] is False
     server.close()
+
+
+def test_a_journal_error_falls_back_to_the_log_line(caplog):
+    journal = Journal("edge-test", use_journal=False)
+
+    def refuse(**fields):
+        raise ValueError("sd_journal_sendv failed")  # what systemd-python raises
+
+    journal._send = refuse
+    caplog.set_level("INFO", logger="edge.events")
+    journal.write(Event("unlock", "door unlocked for Ada", person="Ada"))
+    assert "unlock: door unlocked for Ada" in caplog.text

@@ -127,7 +127,7 @@ class Journal:
                 self._send(MESSAGE=event.message, MESSAGE_ID=MESSAGE_IDS.get(event.kind, MESSAGE_IDS["relay"]),
                            PRIORITY=str(event.priority), SYSLOG_IDENTIFIER=self.identifier, **fields)
                 return
-            except OSError as exc:  # journald gone: fall through to the log line
+            except (OSError, ValueError) as exc:  # journald gone or refused: fall through to the log line
                 log.debug("journal.send failed: %s", exc)
         extras = " ".join(f"{k}={v!r}" if " " in v else f"{k}={v}" for k, v in fields.items() if k != "EDGE_EVENT")
         log.log(_LOGGING_LEVEL.get(event.priority, logging.INFO), "%s: %s%s", event.kind, event.message,
