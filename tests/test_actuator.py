@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+pytest.importorskip("gpiozero", reason="gpiozero is not installed (pip install -e '.[test]')")
+
 from edge.service.lock_client import DoorClient, DoorUnavailable
 
 from .service_helpers import (NotifySocket, edge_env, read_events, relay_periods, start_edge, wait_for_socket,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest.importorskip("gpiozero", reason="gpiozero is not installed (pip install -e '.[test]')")
+
 from edge.config import DoorConfig
 from edge.service.actuator import Contact, DoorController, Relay
 

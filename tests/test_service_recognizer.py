@@ -102,6 +102,7 @@ def services(tmp_path):
 
 @pytest.fixture
 def actuator():
+    pytest.importorskip("gpiozero", reason="gpiozero is not installed (pip install -e '.[test]')")
     folder = world_dir()
     sock = folder / "door.sock"
     config = write_toml(folder / "door.toml", {"door": {
