@@ -73,7 +73,10 @@ class InceptionBlock(nn.Module):
             self.b5 = nn.Sequential(
                 conv_bn(cin, cin, 3, stride, groups=cin), conv_bn(cin, b5, 1), conv_bn(b5, b5, 3, 1, groups=b5)
             )
-        self.pool = nn.MaxPool2d(3, stride, 1)
+        # Every block input is >= 0 (ReLU6 outputs and sums of them), so zero padding is
+        # exact here and exports as PAD + VALID MAX_POOL: a -inf padded max-pool becomes an
+        # int8 PADV2 that XNNPACK fails to prepare.
+        self.pool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, stride, 0))
         self.bp = conv_bn(cin, bp, 1)
         self.residual = stride == 1 and cin == cout
 
@@ -243,3 +246,16 @@ def export_onnx(model: Student, path, opset: int = 13) -> None:
         folded, dummy, str(path), input_names=["input"], output_names=["embedding"],
         opset_version=opset, do_constant_folding=True, **kwargs,
     )
+    # torch writes F.pad's pads as a small subgraph; onnx2tf mistranslates that, so fold it
+    # into a constant (onnxsim is in the build extra).
+    try:
+        import onnx
+        import onnxsim
+    except ImportError:
+        import logging
+
+        logging.getLogger(__name__).warning("onnxsim missing: %s keeps unfolded Pad subgraphs", path)
+        return
+    simplified, ok = onnxsim.simplify(onnx.load(str(path)))
+    if ok:
+        onnx.save(simplified, str(path))

@@ -329,6 +329,7 @@ def train(
     aug_strength: float = 1.0,
     progress: bool = True,
     steps_per_epoch: int | None = None,
+    init: Path | None = None,
 ) -> tuple[Student, list[dict]]:
     """Distil into a fresh (or resumed) student; returns it and the per-epoch history."""
     from tqdm import tqdm
@@ -346,7 +347,13 @@ def train(
     held_crops = all_crops[torch.from_numpy(held_idx).to(dev)] if n_held else None
     held_targets = all_targets[torch.from_numpy(held_idx).to(dev), 0] if n_held else None
 
-    model = Student(config).to(dev).to(memory_format=torch.channels_last)
+    model = Student(config)
+    if init is not None:  # warm start: weights only, fresh optimiser and schedule
+        state = torch.load(init, map_location="cpu", weights_only=False)
+        state = state.get("model", state)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        log.info("initialised from %s", init)
+    model = model.to(dev).to(memory_format=torch.channels_last)
     arc = ArcMargin(config.embedding_size, max(num_classes, 1)).to(dev) if arc_epochs and num_classes else None
     params = list(model.parameters()) + (list(arc.parameters()) if arc is not None else [])
     decay = [p for p in params if p.ndim > 1]
@@ -371,7 +378,8 @@ def train(
             arc.load_state_dict(ckpt["arc"])
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
         gen.set_state(ckpt["gen"].cpu())
-        rng = ckpt["rng"]
+        rng = np.random.default_rng()
+        rng.bit_generator.state = ckpt["rng"]
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
     started = time.time()
@@ -432,7 +440,7 @@ def train(
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                     "arc": arc.state_dict() if arc is not None else None,
                     "epoch": epoch + 1, "step": step, "history": history, "config": config.to_dict(),
-                    "gen": gen.get_state(), "rng": rng, "seed": seed}, ckpt_path)
+                    "gen": gen.get_state(), "rng": rng.bit_generator.state, "seed": seed}, ckpt_path)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
         plot_curve(history, out_dir / "curve.png")
         if stop:
@@ -486,10 +494,14 @@ def _device(name: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--max-minutes", type=float, default=None,
               help="Stop (and anneal the learning rate) by this wall time; runs cut short are not bit-reproducible.")
+@click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start from these student weights (a checkpoint or state dict) with a fresh schedule.")
+@click.option("--targets-cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the teacher targets are cached (default: beside the crops / in OUT for a pack).")
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
 def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_path, cache_dir, limit, input_size, width,
             epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
-            device, resume, max_minutes, no_export):
+            device, resume, max_minutes, init_path, targets_cache, no_export):
     """Distil the float teacher (SFace) into the tiny Inception-style student."""
     from edge.bundle import sha256_file
 
@@ -528,6 +540,8 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
             save_pack(save_pack_path, crops, paths, identities, tpath, pack_quality)
             click.echo(f"pack {save_pack_path}: {len(paths)} crops, {save_pack_path.stat().st_size / 1e6:.1f} MB")
             return
+    if targets_cache is not None:
+        cache_file = targets_cache
     click.echo(f"{len(crops)} training crops")
 
     if targets is None and cache_file.is_file():
@@ -555,7 +569,7 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
         crops, targets, labels, num_classes, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr,
         rel_weight=rel_weight, arc_epochs=arc_epochs, arc_weight=arc_weight, heldout=heldout, seed=seed,
         device=device, resume=resume, max_minutes=max_minutes, aug_strength=aug_strength,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps_per_epoch, init=init_path,
     )
     if history:
         click.echo(f"final held-out cosine to teacher: {history[-1]['heldout_cos']:.4f}")

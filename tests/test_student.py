@@ -1,0 +1,187 @@
+"""The distilled student: MAC counter, a short training run, export round trips, the shipped bundle."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from tools.model.student import (  # noqa: E402
+    INPUT_MEAN,
+    INPUT_STD,
+    Student,
+    StudentConfig,
+    count_macs,
+    export_onnx,
+    fold_batchnorm,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+FACES = ROOT / "tests" / "fixtures" / "faces"
+BUNDLE = ROOT / "models" / "student-int8"
+TINY = dict(input_size=32, width=1.0, stem=8, stem_out=16, stages=[(32, 1), (32, 1), (64, 1)], head=64)
+
+
+def test_mac_counter_on_hand_checked_net():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),  # 8x8 out: 8*8 * 8 * 3*9   = 13824
+        nn.BatchNorm2d(8),  # not counted; 16 parameters
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),  # depthwise: 8*8 * 8 * 1*9 = 4608
+        nn.Conv2d(8, 16, 1, bias=False),  # pointwise: 8*8 * 16 * 8 = 8192
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),  # 16*4 = 64
+    )
+    info = count_macs(net, 16)
+    assert info["macs"] == 13824 + 4608 + 8192 + 64
+    assert info["params"] == 216 + 16 + 72 + 128 + 68
+    assert [m for _, m in info["layers"]] == [13824, 4608, 8192, 64]
+
+
+def test_default_student_meets_the_budget_and_shape():
+    model = Student()
+    info = count_macs(model, 112)
+    assert info["macs"] <= 40_000_000
+    model.eval()
+    out = model.embed(torch.randn(2, 3, 112, 112))
+    assert out.shape == (2, 128)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    # only INT8-friendly activations
+    assert not any(isinstance(m, (nn.PReLU, nn.SiLU, nn.GELU, nn.Hardswish)) for m in model.modules())
+
+
+def test_fold_batchnorm_is_exact():
+    torch.manual_seed(0)
+    model = Student(StudentConfig(**TINY))
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) for m in folded.modules())
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(model(x), folded(x), atol=1e-4)
+
+
+def _fixture_crops(size=112):
+    from tools.model.crops import build_crops
+
+    return build_crops([FACES], size=size, cache_dir=None, progress=False)
+
+
+def test_short_training_run_lowers_the_loss(tmp_path):
+    from tools.model.train_student import label_classes, load_student, train
+
+    crop_set = _fixture_crops()
+    crops = crop_set.crops
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=(len(crops), 2, 128)).astype(np.float32)
+    targets /= np.linalg.norm(targets, axis=2, keepdims=True)
+    labels, classes = label_classes(crop_set.identities)
+    config = StudentConfig(**TINY)
+    model, history = train(crops, targets, labels, classes, tmp_path, config, epochs=6, batch_size=8, lr=5e-3,
+                           heldout=0.0, seed=0, device="cpu", aug_strength=0.0, progress=False, steps_per_epoch=4,
+                           arc_epochs=2 if classes else 0)
+    losses = [h["loss"] for h in history]
+    assert losses[-1] < losses[0], losses
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "curve.png").is_file()
+    # resumable: a second call with more epochs continues from the checkpoint
+    _, more = train(crops, targets, labels, classes, tmp_path, config, epochs=7, batch_size=8, lr=5e-3,
+                    heldout=0.0, seed=0, device="cpu", aug_strength=0.0, progress=False, steps_per_epoch=4,
+                    resume=True)
+    assert [h["epoch"] for h in more] == list(range(1, 8))
+    reloaded = load_student(tmp_path / "last.pt")
+    assert reloaded.config.input_size == 32
+
+
+def test_augmentation_keeps_range_and_size():
+    from tools.model.train_student import augment
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 112, 112) * 255
+    y = augment(x, 96, gen, np.random.default_rng(0), strength=1.0)
+    assert y.shape == (16, 3, 96, 96)
+    assert float(y.min()) >= 0 and float(y.max()) <= 255
+
+
+def test_onnx_export_round_trip(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = Student(StudentConfig(**TINY)).eval()
+    path = tmp_path / "student.onnx"
+    export_onnx(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    assert inp.shape == [1, 3, 32, 32]
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    got = session.run(None, {inp.name: x})[0]
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == (1, 128)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_convert_load_int8(tmp_path):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnx2tf")
+    pytest.importorskip("onnxsim")
+    from edge.bundle import load_bundle
+    from edge.embedder import TFLiteEmbedder
+    from tools.model.convert import convert
+
+    torch.manual_seed(0)
+    model = Student(StudentConfig(**TINY)).eval()
+    export_onnx(model, tmp_path / "student.onnx")
+    (out,) = convert(str(tmp_path / "student.onnx"), ["int8"], calib_roots=[FACES], calib_count=6,
+                     out=tmp_path / "b", licence="Apache-2.0", color="rgb", mean=[INPUT_MEAN], std=[INPUT_STD],
+                     cache_dir=tmp_path / "cache", progress=False)
+    bundle = load_bundle(out, expect_kind="embedder")
+    embedder = TFLiteEmbedder(bundle, threads=1)  # XNNPACK must prepare the graph
+    crops = _fixture_crops(32).crops
+    emb = embedder.embed(crops)
+    assert emb.shape == (len(crops), 128)
+    assert bundle.manifest["verification"]["cosine_mean"] > 0.9
+
+
+# ------------------------------------------------------------------------------------------ shipped
+
+
+@pytest.mark.skipif(not BUNDLE.is_dir(), reason="no student bundle")
+def test_shipped_bundle_loads_and_embeds():
+    from edge.bundle import load_bundle
+    from edge.embedder import TFLiteEmbedder
+
+    bundle = load_bundle(BUNDLE, expect_kind="embedder")
+    assert bundle.model_path.stat().st_size < 2_000_000
+    embedder = TFLiteEmbedder(bundle, threads=1)
+    assert embedder.embedding_size == 128 and embedder.input_size <= 112
+    emb = embedder.embed(_fixture_crops().crops)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.skipif(not (BUNDLE / "MODEL_CARD.md").is_file(), reason="no student model card")
+def test_model_card_numbers_come_from_the_eval_json():
+    card = (BUNDLE / "MODEL_CARD.md").read_text()
+    results = json.loads((BUNDLE / "eval.json").read_text())
+    rows = {}
+    for line in card.splitlines():
+        m = re.match(r"\|\s*(cfp-f[fp])\s*\|\s*([^|]+?)\s*\|\s*([\d.]+) ± ([\d.]+)\s*\|\s*([\d.]+)\s*\|", line)
+        if m:
+            rows[(m.group(1), m.group(2))] = tuple(float(m.group(i)) for i in (3, 4, 5))
+    assert rows, "no accuracy rows in the model card"
+    for (protocol, model), (acc, std, tar) in rows.items():
+        ref = results[protocol][model]
+        assert acc == round(100 * ref["accuracy_mean"], 2)
+        assert std == round(100 * ref["accuracy_std"], 2)
+        assert tar == round(100 * ref["tar_at_far_1e-3"], 2)
+    assert f"{results['macs'] / 1e6:.2f}M" in card
