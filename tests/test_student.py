@@ -113,6 +113,22 @@ def test_augmentation_keeps_range_and_size():
     assert float(y.min()) >= 0 and float(y.max()) <= 255
 
 
+def test_teacher_interpreter_matches_opencv():
+    pytest.importorskip("onnx")
+    from edge.errors import ModelError
+    from tools.model.teacher import default_teacher_path, load_teacher, teacher_embeddings, teacher_embeddings_cv2
+
+    try:
+        path = default_teacher_path()
+    except ModelError as exc:
+        pytest.skip(str(exc))
+    crops = _fixture_crops().crops[:2]
+    ours = teacher_embeddings(load_teacher(path), crops, progress=False)
+    ref = teacher_embeddings_cv2(path, crops, progress=False)
+    assert ours.shape == (2, 2, 128)
+    np.testing.assert_allclose((ours * ref).sum(-1), 1.0, atol=1e-4)  # crop and mirror
+
+
 def test_onnx_export_round_trip(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

@@ -554,12 +554,16 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
             tmp.write_bytes(teacher_bytes)
             teacher = load_teacher(tmp, device)
             tmp.unlink()
+            targets = teacher_embeddings(teacher, crops, device, batch=256 if device == "cuda" else 16)
+        elif device == "cpu":  # OpenCV's DNN is several times faster than eager PyTorch here
+            from .teacher import teacher_embeddings_cv2
+
+            targets = teacher_embeddings_cv2(teacher_path or default_teacher_path(), crops)
         else:
             teacher = load_teacher(teacher_path, device)
-        targets = teacher_embeddings(teacher, crops, device, batch=256 if device == "cuda" else 32)
+            targets = teacher_embeddings(teacher, crops, device, batch=256)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache_file, targets.astype(np.float16))
-        del teacher
         click.echo(f"teacher targets cached in {cache_file}")
     targets = targets.astype(np.float32)
     labels, num_classes = label_classes(identities)
