@@ -118,6 +118,16 @@ install_pi() {
   fi
   "$PREFIX/venv/bin/edge" check-config -c "$ETC/edge.toml" >/dev/null || die "$ETC/edge.toml is invalid (see above)"
 
+  # The operator types `sudo edge enroll add NAME` over SSH: the wrapper points every
+  # command at the appliance's config (the embedded default is the demo).
+  say "command: /usr/local/bin/edge"
+  cat >/usr/local/bin/edge.new <<WRAP
+#!/bin/sh
+# edge with the appliance config; -c or EDGE_CONFIG still override it.
+EDGE_CONFIG="\${EDGE_CONFIG:-$ETC/edge.toml}" exec "$PREFIX/venv/bin/edge" "\$@"
+WRAP
+  chmod 0755 /usr/local/bin/edge.new && mv /usr/local/bin/edge.new /usr/local/bin/edge
+
   say "state: $STATE"
   install -d -m 0750 -o edge -g edge "$STATE"
 
@@ -163,7 +173,7 @@ uninstall_pi() {
   if have_systemd; then
     systemctl disable --now edge-recognizer.service edge-door.service edge-door.socket 2>/dev/null || true
   fi
-  rm -f "$UNITS/edge-recognizer.service" "$UNITS/edge-door.service" "$UNITS/edge-door.socket" "$DROPIN" "$RULES"
+  rm -f "$UNITS/edge-recognizer.service" "$UNITS/edge-door.service" "$UNITS/edge-door.socket" "$DROPIN" "$RULES" /usr/local/bin/edge
   rmdir "$(dirname "$DROPIN")" 2>/dev/null || true
   if have_systemd; then
     systemctl daemon-reload
