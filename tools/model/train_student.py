@@ -349,7 +349,7 @@ def train(
 
     model = Student(config)
     if init is not None:  # warm start: weights only, fresh optimiser and schedule
-        state = torch.load(init, map_location="cpu", weights_only=False)
+        state = torch.load(init, map_location="cpu", weights_only=True)
         state = state.get("model", state)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         log.info("initialised from %s", init)
