@@ -75,6 +75,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 extras="test"
 [ "$want_build" = 1 ] && extras="test,build"
+[ "$want_test" = 1 ] && extras="test,build,train"
 say "pip: installing edge-door[$extras] (editable)"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 if [ "$want_build" = 1 ]; then

@@ -59,6 +59,10 @@ def list_face_images(root: Path) -> list[tuple[Path, str]]:
     root = Path(root)
     items: list[tuple[Path, str]] = []
     id_files: dict[Path, dict[str, str]] = {}
+    # A root whose subfolders carry identity.txt files is a collection of data
+    # sets (like shared/faces/train), not a folder per person: an unlabelled
+    # set beside them (UTKFace) must not become one 10,000-image "person".
+    folder_per_person = not any(root.glob("*/identity.txt"))
     for path in sorted(root.rglob("*")):
         if not is_image_file(path):
             continue
@@ -69,7 +73,7 @@ def list_face_images(root: Path) -> list[tuple[Path, str]]:
         if ids:
             identity = ids.get(path.name, "")
             identity = f"{folder.name}/{identity}" if identity else ""
-        elif folder != root and folder.parent == root:
+        elif folder_per_person and folder != root and folder.parent == root:
             identity = folder.name
         else:
             identity = ""
