@@ -1,0 +1,54 @@
+"""The TFLite runtime shim: choice of runtime and the tflite-runtime/numpy-2 failure message."""
+
+import sys
+import types
+
+import pytest
+
+from edge import runtime
+from edge.errors import RuntimeShimError
+
+from .conftest import MODELS
+
+
+def fake_tflite_runtime(monkeypatch, error):
+    class Interpreter:
+        def __init__(self, model_path, num_threads=1):
+            raise error
+
+    package = types.ModuleType("tflite_runtime")
+    module = types.ModuleType("tflite_runtime.interpreter")
+    module.Interpreter = Interpreter
+    package.interpreter = module
+    monkeypatch.setitem(sys.modules, "tflite_runtime", package)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", module)
+
+
+def test_litert_is_preferred_and_loads_the_shipped_model():
+    interpreter, name = runtime.load_interpreter(MODELS / "sface-int8" / "sface-int8-cal300-seed0.tflite", threads=1)
+    assert name == "ai-edge-litert"
+    assert interpreter.get_input_details()[0]["shape"][1:].tolist() == [112, 112, 3]
+
+
+def test_tflite_runtime_under_numpy2_gets_an_actionable_message(monkeypatch, tmp_path):
+    # What tflite-runtime 2.14 does under numpy 2: import works, Interpreter() fails.
+    fake_tflite_runtime(monkeypatch, ImportError("numpy.core.multiarray failed to import"))
+    monkeypatch.setattr(runtime, "_numpy_major", lambda: 2)
+    with pytest.raises(RuntimeShimError, match=r"tflite-runtime 2\.14 cannot run under numpy .*numpy<2"):
+        runtime.load_interpreter(tmp_path / "model.tflite", runtime="tflite-runtime")
+
+
+def test_tflite_runtime_other_failures_are_reported_as_such(monkeypatch, tmp_path):
+    fake_tflite_runtime(monkeypatch, ValueError("Could not open 'model.tflite'"))
+    monkeypatch.setattr(runtime, "_numpy_major", lambda: 1)
+    with pytest.raises(RuntimeShimError, match="tflite-runtime could not load .*Could not open"):
+        runtime.load_interpreter(tmp_path / "model.tflite", runtime="tflite-runtime")
+
+
+def test_unknown_or_missing_runtime(monkeypatch):
+    with pytest.raises(RuntimeShimError, match="unknown TFLite runtime"):
+        runtime.resolve_runtime("tensorflow")
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    with pytest.raises(RuntimeShimError, match="not installed"):
+        runtime.resolve_runtime("tflite-runtime")
