@@ -414,3 +414,19 @@ def test_tune_cli_on_tflite_bundle(tmp_path, source):
     manifest = read_manifest(bundle)
     assert manifest["sha256"] == before and manifest["threshold"]["l2"] == record["l2"]
     assert record["far"] == 1e-4 and record["warnings"]
+
+
+def test_parse_people_reads_a_flat_identity_file(tmp_path):
+    import shutil
+
+    from .conftest import FIXTURES
+
+    for name in ("person_a_1", "person_a_2", "impostor_1"):
+        shutil.copy(FIXTURES / f"{name}.jpg", tmp_path / f"{name}.jpg")
+    (tmp_path / "identity.txt").write_text("person_a_1.jpg 7\nperson_a_2.jpg 7\nimpostor_1.jpg 9\n")
+    paths, people = parse_people(tmp_path)
+    assert [p.name for p in paths] == ["person_a_1.jpg", "person_a_2.jpg", "impostor_1.jpg"]
+    assert people == ["7", "7", "9"]
+    (tmp_path / "identity.txt").write_text("missing.jpg 1\n")
+    with pytest.raises(ProtocolError, match="identity.txt:1: missing.jpg does not exist"):
+        parse_people(tmp_path)

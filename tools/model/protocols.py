@@ -189,13 +189,25 @@ def parse_cfp(root: str | Path, split: str = "FF") -> list[Pair]:
 
 
 def parse_people(root: str | Path) -> tuple[list[Path], list[str]]:
-    """Images of a folder-per-person tree: ``root/<person>/*.jpg`` (sub-folders included)."""
+    """Images of a folder-per-person tree (``root/<person>/*.jpg``), or a flat folder with ``identity.txt``."""
     root = Path(root)
     if not root.is_dir():
         raise ProtocolError(f"people folder {root} does not exist")
     paths: list[Path] = []
     people: list[str] = []
-    for person in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    labels = root / "identity.txt"
+    if labels.is_file():
+        # The CelebA layout: one flat folder and "file identity" lines.
+        for line_no, line in enumerate(labels.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            image = root / parts[0]
+            if not image.is_file():
+                raise ProtocolError(f"{labels}:{line_no}: {parts[0]} does not exist")
+            paths.append(image)
+            people.append(parts[1])
+    for person in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not labels.is_file()):
         for image in sorted(person.rglob("*")):
             if is_image_file(image):
                 paths.append(image)
