@@ -33,7 +33,7 @@ def check_gallery_model(gallery: Gallery, model_id: str) -> None:
         raise ModelMismatchError(
             f"the gallery was enrolled with {enrolled}, but the loaded embedder is {model_id}; embeddings of "
             "different models cannot be compared. Switch back to that model, re-embed from kept crops "
-            "('edge people reembed' when crops were kept), or re-enroll everyone with the new model."
+            "('edge enroll reembed' when crops were kept), or re-enroll everyone with the new model."
         )
 
 

@@ -64,18 +64,18 @@ def test_tampered_model_exit_status(tmp_path):
     assert result.returncode == 65 and "integrity check" in result.stderr
 
 
-def test_people_add_list_remove(tmp_path):
+def test_enroll_files_list_remove_reembed(tmp_path):
     config = str(write_config(tmp_path, ""))
-    added = edge("people", "add", "-c", config, "Jacinda Ardern", str(FIXTURES / "person_b_1.jpg"),
-                 str(FIXTURES / "person_b_2.jpg"))
+    added = edge("enroll", "files", "-c", config, "Jacinda Ardern", str(FIXTURES / "person_b_1.jpg"),
+                 str(FIXTURES / "person_b_2.jpg"), "--keep-crops")
     assert added.returncode == 0, added.stderr
-    listed = edge("people", "list", "-c", config)
+    listed = edge("enroll", "list", "-c", config)
     assert "Jacinda Ardern\tsamples=2" in listed.stdout
-    bad = edge("people", "add", "-c", config, "Nobody", str(FIXTURES / "CREDITS.md"))
-    assert bad.returncode == 65 and "not a readable image" in bad.stderr
-    removed = edge("people", "remove", "-c", config, "--forget", "Jacinda Ardern")
-    assert removed.returncode == 0 and "2 samples" in removed.stdout
-    missing = edge("people", "remove", "-c", config, "Jacinda Ardern")
+    again = edge("enroll", "reembed", "-c", config)
+    assert again.returncode == 0 and "Jacinda Ardern: 0 sample(s)" in again.stdout  # already on this model
+    removed = edge("enroll", "forget", "-c", config, "Jacinda Ardern")
+    assert removed.returncode == 0 and "2 embeddings" in removed.stdout
+    missing = edge("enroll", "remove", "-c", config, "Jacinda Ardern")
     assert missing.returncode == 67 and "no enrolled person" in missing.stderr
 
 

@@ -1,7 +1,6 @@
 import multiprocessing
 import os
 import signal
-import sqlite3
 import time
 
 import numpy as np

@@ -341,6 +341,30 @@ def forget(config_path, name):
                f"{counts['events']} events; the gallery file was vacuumed")
 
 
+@command.command("reembed")
+@config_option
+@boundary
+def reembed(config_path):
+    """Re-embed everyone's kept crops with the configured embedder (after switching models).
+
+    Samples of the old model stay, so switching back keeps working. People
+    enrolled without --keep-crops are listed: they must be enrolled again.
+    """
+    from ..app import build_embedder
+    from ..enroll import reembed_from_crops
+    from ..gallery import Gallery
+
+    config = _config(config_path)
+    with Gallery(config.gallery_path(), create=False) as gallery:
+        embedder = build_embedder(config)
+        report = reembed_from_crops(gallery, embedder, config.gallery.embedding_dtype)
+    for name, result in report.items():
+        if result == "re-enroll":
+            click.echo(f"{name}: no kept crops, must be enrolled again with {embedder.model_id}")
+        else:
+            click.echo(f"{name}: {result} sample(s) added for {embedder.model_id}")
+
+
 @command.command("export")
 @config_option
 @click.argument("target", type=click.Path(dir_okay=False, path_type=Path))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import random
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -27,7 +27,6 @@ from typing import Sequence
 import click
 import numpy as np
 
-from edge.align import align_face
 from edge.bundle import load_bundle
 from edge.detect import YuNetDetector
 from edge.embedder import Embedder

@@ -129,7 +129,7 @@ def main(bundle, evals, bench_path, history_path, train_command, convert_command
         "view (shift/scale/rotation, brightness/contrast/gamma, colour cast, grayscale and IR-like, blur, noise, "
         "occlusion patches, JPEG); AdamW, cosine schedule; no arcmargin stage in this run.",
         "",
-        f"- Data: `../shared/faces/train` (celeba_wild, utkface, celeba_aligned_lowres): "
+        "- Data: `../shared/faces/train` (celeba_wild, utkface, celeba_aligned_lowres): "
         "26,036 crops through YuNet + edge.align (44 images without a usable face); packed as WebP q75 for the "
         "GPU machine (teacher targets computed on the decoded crops); 2% held out for cosine-to-teacher. "
         "Never the CFP evaluation set.",
