@@ -228,13 +228,17 @@ class YuNetTFLiteDetector(Detector):
         info = np.iinfo(self._in["dtype"])
         return np.clip(np.round(batch / scale + zero), info.min, info.max).astype(self._in["dtype"])
 
-    def _output(self, name: str) -> np.ndarray:
+    def _output(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Output ``name`` as float (cells, channels), optionally only ``rows`` (dequantised after the gather)."""
         detail = self._outputs[name]
         value = self._interpreter.get_tensor(detail["index"])[0]
+        value = value.reshape(-1, value.shape[-1]) if value.ndim > 1 else value.reshape(-1, 1)
+        if rows is not None:
+            value = value[rows]
         if value.dtype != np.float32:
             scale, zero = detail["quantization"]
             value = (value.astype(np.float32) - zero) * scale
-        return value.reshape(value.shape[0], -1) if value.ndim == 2 else value.reshape(-1, value.shape[-1])
+        return value
 
     def raw(self, image: np.ndarray) -> np.ndarray:
         """FaceDetectorYN-style rows (x, y, w, h, 10 landmark coords, score) after NMS, unfiltered by size."""
@@ -252,8 +256,8 @@ class YuNetTFLiteDetector(Detector):
             if not len(keep):
                 continue
             c, r = self._grids[s][0][keep], self._grids[s][1][keep]
-            bbox = self._output(f"bbox_{s}")[keep]
-            kps = self._output(f"kps_{s}")[keep].reshape(-1, 5, 2)
+            bbox = self._output(f"bbox_{s}", keep)
+            kps = self._output(f"kps_{s}", keep).reshape(-1, 5, 2)
             cx, cy = (c + bbox[:, 0]) * s, (r + bbox[:, 1]) * s
             bw, bh = np.exp(bbox[:, 2]) * s, np.exp(bbox[:, 3]) * s
             boxes.append(np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1))
