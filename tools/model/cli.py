@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "eval": "tools.model.evaluate",
     "tune": "tools.model.tune",
     "bench": "tools.model.bench",
+    "macs": "tools.model.macs",
     "check-arm": "tools.model.check_arm",
     "train-student": "tools.model.train_student",
 }
