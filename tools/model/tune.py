@@ -153,7 +153,8 @@ def tune(bundle: Path, far: float = 1e-3, people: Path | None = None, pairs_file
     record = choose_threshold(genuine[~np.isnan(genuine)], impostor[~np.isnan(impostor)], far)
     if failures:
         record["warnings"].append(
-            f"{len(failures)} images without a usable face; {unscorable} pairs using them were left out: "
+            f"{len(failures)} images without a usable face were left out"
+            + (f" ({unscorable} pairs)" if unscorable else "") + ": "
             + ", ".join(str(p) for p in list(failures)[:10]) + (" ..." if len(failures) > 10 else "")
         )
     record.update({
