@@ -9,7 +9,6 @@ accepted files are written in one transaction.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import ImageError
+from ..bundle import sha256_file
 from ..gallery import Gallery, validate_name
 from ..images import IMAGE_SUFFIXES, load_image
 from .live import png_bytes
@@ -44,14 +44,6 @@ class PersonReport:
     files: list[FileResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     added: int = 0
-
-
-def content_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def enrolled_hashes(gallery: Gallery) -> dict[str, str]:
@@ -108,7 +100,7 @@ class BulkEnroller:
         for path in paths:
             path = Path(path)
             try:
-                digest = content_hash(path)
+                digest = sha256_file(path)
             except OSError as exc:
                 done(FileResult(name, str(path), "error", f"cannot read: {exc.strerror or exc}"))
                 continue
