@@ -28,26 +28,22 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edge.align import align_face
+from edge.bundle import load_bundle
+from edge.camera.base import make_lores
+from edge.detect import YuNetDetector
+from edge.embedder import TFLiteEmbedder
+from edge.images import load_image
+from tools.model.crops import select_images
+from tools.model.yunet_tflite import LORES_SIZE, YuNetTFLiteDetector, lores_frame
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from edge.align import align_face  # noqa: E402
-from edge.bundle import load_bundle  # noqa: E402
-from edge.camera.base import make_lores  # noqa: E402
-from edge.detect import YuNetDetector  # noqa: E402
-from edge.embedder import TFLiteEmbedder  # noqa: E402
-from edge.images import load_image  # noqa: E402
-
-from tools.model.crops import select_images  # noqa: E402
-from tools.model.yunet_tflite import LORES_SIZE, YuNetTFLiteDetector, lores_frame  # noqa: E402
-
 CACHE = REPO / ".cache" / "yunet-tflite"
 TRAIN = REPO.parent / "shared" / "faces" / "train"
 ONNX = REPO / "models" / "yunet" / "face_detection_yunet_2023mar.onnx"
@@ -102,7 +98,7 @@ def summary(values, digits=4) -> dict:
     arr = np.asarray(values, np.float64)
     if not len(arr):
         return {"n": 0}
-    return {"n": int(len(arr)), "mean": round(float(arr.mean()), digits), "median": round(float(np.median(arr)), digits),
+    return {"n": len(arr), "mean": round(float(arr.mean()), digits), "median": round(float(np.median(arr)), digits),
             "p95": round(float(np.percentile(arr, 95)), digits), "min": round(float(arr.min()), digits),
             "max": round(float(arr.max()), digits)}
 

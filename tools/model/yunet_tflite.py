@@ -77,7 +77,7 @@ def lores_frame(image: np.ndarray, rng: random.Random | None = None, size: tuple
     ih, iw = image.shape[:2]
     fit = min(w / iw, h / ih)
     scale = fit * (rng.uniform(min_fill, 1.0) if rng else 1.0)
-    nw, nh = max(1, int(round(iw * scale))), max(1, int(round(ih * scale)))
+    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
     interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
     small = cv2.resize(image, (nw, nh), interpolation=interp)
     x = rng.randint(0, w - nw) if rng else (w - nw) // 2
@@ -132,8 +132,15 @@ def convert_yunet(
     """Convert to TFLite at the padded lores size; writes ``yunet-<quant>-<w>x<h>.tflite`` + a JSON record."""
     import onnx
 
-    from .convert import Calibration, _converter_versions, array_sha256, inspect_source, make_converter, \
-        onnx_to_saved_model, quantise
+    from .convert import (
+        Calibration,
+        _converter_versions,
+        array_sha256,
+        inspect_source,
+        make_converter,
+        onnx_to_saved_model,
+        quantise,
+    )
     from .crops import select_images
 
     width, height = padded_size(*size)
@@ -145,7 +152,7 @@ def convert_yunet(
         raise ModelError(f"no calibration images under {', '.join(map(str, calib_roots))}")
     array = np.stack([pad_frame(f, (width, height)) for f in frames]).astype(np.float32)  # BGR 0..255 NHWC
     calib = Calibration(array, {
-        "count": int(len(array)), "seed": int(seed), "source": [str(r) for r in calib_roots],
+        "count": len(array), "seed": int(seed), "source": [str(r) for r in calib_roots],
         "pipeline": f"tools.model.yunet_tflite.lores_frame ({size[0]}x{size[1]}, random scale/position) "
                     f"-> zero pad bottom/right to {width}x{height}; BGR 0..255 float",
         "sha256": array_sha256(array),
@@ -157,7 +164,7 @@ def convert_yunet(
         fixed = work / "yunet_fixed.onnx"
         onnx.save(fixed_size_onnx(Path(onnx_path), width, height), str(fixed))
         source = inspect_source(fixed)
-        saved_model, dynamic = onnx_to_saved_model(source, work, array[:8])
+        saved_model, _dynamic = onnx_to_saved_model(source, work, array[:8])
         for quant in quants:
             tflite = quantise(lambda: make_converter(source, saved_model), quant, calib if quant == "int8" else None,
                               progress)
