@@ -20,18 +20,25 @@ log = logging.getLogger(__name__)
 
 
 class Detector(abc.ABC):
-    """Finds faces; one instance is built at start-up and reused for every frame."""
+    """Finds faces; one instance is built at start-up and reused for every frame.
+
+    ``min_face_size`` is in the pixels of the image faces are cropped from
+    (``frame.main``): on a lores image it is scaled down accordingly.
+    """
+
+    min_face_size: float = 0
 
     @abc.abstractmethod
-    def detect_image(self, image: np.ndarray) -> list[Face]:
-        """Faces in ``image`` coordinates, best score first."""
+    def detect_image(self, image: np.ndarray, min_size: float | None = None) -> list[Face]:
+        """Faces in ``image`` coordinates, best score first, no smaller than ``min_size``
+        (default ``min_face_size``) pixels of ``image``."""
 
     def detect(self, frame: Frame) -> list[Face]:
         """Detect on ``frame.lores`` and map the result to ``frame.main`` coordinates."""
-        faces = self.detect_image(frame.lores)
-        if frame.lores_scale == 1.0:
-            return faces
         s = frame.lores_scale
+        faces = self.detect_image(frame.lores, self.min_face_size / s)
+        if s == 1.0:
+            return faces
         return [
             Face(
                 box=tuple(v * s for v in face.box),
@@ -64,7 +71,8 @@ class YuNetDetector(Detector):
             raise ModelError(f"detector {bundle.model_path} could not be loaded: {exc}") from exc
         self._input_size = (320, 320)
 
-    def detect_image(self, image: np.ndarray) -> list[Face]:
+    def detect_image(self, image: np.ndarray, min_size: float | None = None) -> list[Face]:
+        min_size = self.min_face_size if min_size is None else min_size
         height, width = image.shape[:2]
         if (width, height) != self._input_size:
             self._net.setInputSize((width, height))
@@ -76,7 +84,7 @@ class YuNetDetector(Detector):
         for row in raw:
             x, y, w, h = (float(v) for v in row[:4])
             score = float(row[14])
-            if score < self.score_threshold or min(w, h) < self.min_face_size:
+            if score < self.score_threshold or min(w, h) < min_size:
                 continue
             faces.append(
                 Face(box=(x, y, w, h), score=score, landmarks=row[4:14].reshape(5, 2).astype(np.float32))

@@ -279,11 +279,12 @@ class YuNetTFLiteDetector(Detector):
         keep = np.asarray(keep, dtype=np.int64).reshape(-1)
         return np.concatenate([boxes_a[keep], kps_a[keep], scores_a[keep, None]], axis=1).astype(np.float32)
 
-    def detect_image(self, image: np.ndarray) -> list[Face]:
+    def detect_image(self, image: np.ndarray, min_size: float | None = None) -> list[Face]:
+        min_size = self.min_face_size if min_size is None else min_size
         faces = []
         for row in self.raw(image):
             x, y, w, h = (float(v) for v in row[:4])
-            if min(w, h) < self.min_face_size:
+            if min(w, h) < min_size:
                 continue
             faces.append(Face(box=(x, y, w, h), score=float(row[14]),
                               landmarks=row[4:14].reshape(5, 2).astype(np.float32)))
