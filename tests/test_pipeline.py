@@ -129,3 +129,22 @@ def test_default_config_uses_demo_replay():
     config = default_config()
     assert config.camera.source == "replay" and config.demo.enroll
     assert config.camera_path().endswith("edge/demo/replay")
+
+
+def test_min_face_size_is_in_main_stream_pixels(detector):
+    from edge.camera.base import make_lores
+    from edge.detect import YuNetDetector
+    from edge.types import Frame
+
+    face = load_image(FIXTURES / "person_a_2.jpg")
+    canvas = np.full((480, 640, 3), 120, np.uint8)
+    small = cv2.resize(face, None, fx=0.2, fy=0.2, interpolation=cv2.INTER_AREA)  # face box ~60 px
+    canvas[100 : 100 + small.shape[0], 200 : 200 + small.shape[1]] = small
+    lores, scale = make_lores(canvas, 320)
+    frame = Frame(0, 0.0, canvas, lores, scale)
+    found = detector.detect(frame)
+    assert len(found) == 1
+    size = found[0].size  # main pixels
+    loose = YuNetDetector(detector.bundle, min_face_size=int(size) - 5)
+    strict = YuNetDetector(detector.bundle, min_face_size=int(size) + 5)
+    assert len(loose.detect(frame)) == 1 and strict.detect(frame) == []
