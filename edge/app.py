@@ -19,7 +19,7 @@ from .config import DEMO_DIR, Config
 from .decide import Decider
 from .detect import YuNetDetector
 from .embedder import TFLiteEmbedder
-from .errors import ModelError
+from .errors import GalleryError, ModelError
 from .gallery import Gallery
 from .matcher import Matcher
 from .pipeline import FrameResult, analyse_frame
@@ -153,12 +153,21 @@ class Recognizer:
                     stats.last_decision = decision
                     if decision.outcome is Outcome.GRANTED:
                         stats.granted += 1
-                        self.gallery.touch_seen(decision.person_id)
-                    self.gallery.log_event(
-                        decision.outcome.value, name=decision.name, person_id=decision.person_id,
-                        distance=decision.distance, frames=decision.frames, model_id=decision.model,
-                    )
                     log.info("decision: %s", decision.describe())
+                    # The door first: an unlock must not wait for (or die with) an audit write.
                     if on_decision is not None:
                         on_decision(decision)
+                    self._record(decision)
         return stats
+
+    def _record(self, decision: Decision) -> None:
+        """Audit trail in SQLite; a full or failing disk is logged, not fatal (journald has the line too)."""
+        try:
+            if decision.outcome is Outcome.GRANTED:
+                self.gallery.touch_seen(decision.person_id)
+            self.gallery.log_event(
+                decision.outcome.value, name=decision.name, person_id=decision.person_id,
+                distance=decision.distance, frames=decision.frames, model_id=decision.model,
+            )
+        except GalleryError as exc:
+            log.error("decision not written to the audit table: %s", exc)

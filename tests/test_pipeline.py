@@ -148,3 +148,23 @@ def test_min_face_size_is_in_main_stream_pixels(detector):
     loose = YuNetDetector(detector.bundle, min_face_size=int(size) - 5)
     strict = YuNetDetector(detector.bundle, min_face_size=int(size) + 5)
     assert len(loose.detect(frame)) == 1 and strict.detect(frame) == []
+
+
+def test_a_failing_audit_write_does_not_stop_the_door(tmp_path, monkeypatch, caplog):
+    from edge.errors import GalleryError
+
+    config = config_from_dict({"state_dir": str(tmp_path / "state"), "demo": {"enroll": True},
+                               "camera": {"source": "replay", "fps": 0.0}})
+    recognizer = Recognizer(config)
+
+    def disk_full(*args, **kwargs):
+        raise GalleryError("gallery: the disk is full; nothing was written")
+
+    monkeypatch.setattr(recognizer.gallery, "log_event", disk_full)
+    decisions = []
+    try:
+        recognizer.run(on_decision=decisions.append)
+    finally:
+        recognizer.close()
+    assert [d.name for d in decisions if d.outcome is Outcome.GRANTED] == ["Emmanuel Macron", "Jacinda Ardern"]
+    assert "not written to the audit table" in caplog.text
