@@ -7,6 +7,7 @@ why; the door stays locked because nothing was ever granted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,10 +20,10 @@ from .config import DEMO_DIR, Config
 from .decide import Decider
 from .detect import YuNetDetector
 from .embedder import TFLiteEmbedder
-from .errors import GalleryError, ModelError
+from .errors import ConfigError, GalleryError, ModelError
 from .gallery import Gallery
 from .matcher import Matcher
-from .pipeline import FrameResult, analyse_frame
+from .pipeline import FrameResult, analyse_frame, crops_for
 from .types import Decision, Outcome
 
 log = logging.getLogger(__name__)
@@ -55,19 +56,34 @@ def build_embedder(config: Config) -> TFLiteEmbedder:
     return TFLiteEmbedder(bundle, config.embedder.threads, config.embedder.runtime)
 
 
-def effective_threshold(config: Config, embedder: TFLiteEmbedder) -> float:
-    if config.decision.threshold > 0:
-        return config.decision.threshold
+def build_companions(config: Config) -> list[TFLiteEmbedder]:
+    """Embedders whose samples enrollment stores beside the main one's (the two-stage confirmer)."""
+    if not config.embedder.confirm_model:
+        return []
+    bundle = load_bundle(config.model_path(config.embedder.confirm_model), expect_kind="embedder")
+    main = load_bundle(config.model_path(config.embedder.model), expect_kind="embedder")
+    if bundle.model_id == main.model_id:
+        raise ConfigError(
+            f"embedder.confirm_model is the same model as embedder.model ({bundle.model_id}); "
+            "two-stage needs a different, more accurate model (or leave confirm_model empty)"
+        )
+    return [TFLiteEmbedder(bundle, config.embedder.threads, config.embedder.runtime)]
+
+
+def effective_threshold(config: Config, embedder: TFLiteEmbedder, override: float | None = None) -> float:
+    override = config.decision.threshold if override is None else override
+    if override > 0:
+        return override
     tuned = embedder.bundle.threshold
     if tuned is None:
         raise ModelError(
-            f"{embedder.bundle.root}: the manifest has no tuned threshold and decision.threshold is 0; "
-            "run 'edge-model tune' on the bundle or set decision.threshold"
+            f"{embedder.bundle.root}: the manifest has no tuned threshold and no threshold is configured; "
+            "run 'edge-model tune' on the bundle or set decision.threshold (decision.confirm_threshold)"
         )
     return tuned
 
 
-def enroll_demo_people(gallery: Gallery, detector, embedder) -> list[str]:
+def enroll_demo_people(gallery: Gallery, detector, embedder, companions=()) -> list[str]:
     """Enroll the bundled, credited demo faces (one folder per person) if they are missing."""
     from .enroll import enroll_files
 
@@ -78,7 +94,7 @@ def enroll_demo_people(gallery: Gallery, detector, embedder) -> list[str]:
         if gallery.has_person(name):
             continue
         images = sorted(p for p in person_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-        enroll_files(gallery, detector, embedder, name, images)
+        enroll_files(gallery, detector, embedder, name, images, companions=companions)
         enrolled.append(name)
     return enrolled
 
@@ -91,14 +107,24 @@ class Recognizer:
         self.detector = build_detector(config)
         self.embedder = build_embedder(config)
         self.threshold = effective_threshold(config, self.embedder)
+        self.companions = build_companions(config)
         self.gallery = Gallery(config.gallery_path())
         if config.demo.enroll:
-            added = enroll_demo_people(self.gallery, self.detector, self.embedder)
+            added = enroll_demo_people(self.gallery, self.detector, self.embedder, self.companions)
             if added:
                 log.info("demo gallery: enrolled %s", ", ".join(added))
         self.matcher = Matcher(
             self.gallery, self.embedder.model_id, self.threshold, config.decision.margin, config.gallery.reload_interval
         )
+        # Two-stage: the cheap model screens every frame; the accurate one confirms once per grant.
+        self.confirmer = self.companions[0] if self.companions else None
+        self.confirm_matcher = None
+        if self.confirmer is not None:
+            self.confirm_matcher = Matcher(
+                self.gallery, self.confirmer.model_id,
+                effective_threshold(config, self.confirmer, config.decision.confirm_threshold),
+                config.decision.margin, config.gallery.reload_interval,
+            )
         d = config.decision
         self.decider = Decider(d.frames_required, d.window_frames, d.window_seconds, d.cooldown_seconds, self.embedder.model_id)
         self.source = source if source is not None else open_source(config)
@@ -146,6 +172,8 @@ class Recognizer:
                 stats.frames += 1
                 stats.faces += len(result.faces)
                 decision = self.decider.update(frame.index, frame.timestamp, list(result.matches))
+                if decision is not None and decision.outcome is Outcome.GRANTED and self.confirmer is not None:
+                    decision = self._confirm(decision, result)
                 if on_frame is not None:
                     on_frame(result, stats)
                 if decision is not None:
@@ -159,6 +187,22 @@ class Recognizer:
                         on_decision(decision)
                     self._record(decision)
         return stats
+
+    def _confirm(self, decision: Decision, result: FrameResult) -> Decision:
+        """Two-stage: embed the granting face once with the accurate model; unconfirmed means unknown."""
+        self.confirm_matcher.maybe_reload()
+        index = next(i for i, m in enumerate(result.matches) if m.person_id == decision.person_id and m.accepted)
+        crop = crops_for(result.frame, [result.faces[index]], self.confirmer.input_size)
+        match = self.confirm_matcher.match(self.confirmer.embed(crop))[0]
+        if match.accepted and match.person_id == decision.person_id:
+            log.info("two-stage: %s confirmed by %s (distance %.3f)", decision.name, self.confirmer.model_id,
+                     match.distance)
+            return decision
+        self.decider.revoke(decision.person_id)
+        log.warning("two-stage: %s (screen distance %.3f) not confirmed by %s (best %s at %.3f): not granted",
+                    decision.name, decision.distance, self.confirmer.model_id, match.name, match.distance)
+        return dataclasses.replace(decision, outcome=Outcome.UNKNOWN, name=None, person_id=None,
+                                   distance=match.distance, model=self.confirmer.model_id)
 
     def _record(self, decision: Decision) -> None:
         """Audit trail in SQLite; a full or failing disk is logged, not fatal (journald has the line too)."""

@@ -52,6 +52,10 @@ class EmbedderConfig:
     model: str = _field("sface-int8", doc="bundle name under models_dir, or a path to a bundle folder")
     threads: int = _field(2, lo=1, hi=16, doc="XNNPACK threads")
     runtime: str = _field("auto", choices=("auto", "ai-edge-litert", "tflite-runtime"))
+    confirm_model: str = _field(
+        "", doc="two-stage: an accurate bundle that confirms once before an unlock (empty: off); "
+                "enrollment then stores samples of both models"
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class DecisionConfig:
     window_frames: int = _field(5, lo=1, hi=200, doc="n: the last n frames considered")
     window_seconds: float = _field(3.0, lo=0.1, hi=60.0, doc="only frames this recent count")
     cooldown_seconds: float = _field(10.0, lo=0.0, hi=3600.0, doc="no second grant for the same person within this")
+    confirm_threshold: float = _field(
+        0.0, lo=0.0, hi=2.0, doc="two-stage: L2 threshold of the confirming model; 0 uses its manifest's tuned value"
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ class Decider:
         self._empty_streak = 0
         self._empty_reported = False
 
+    def revoke(self, person_id: int) -> None:
+        """Forget a grant that a later check (two-stage confirmation) turned down, so its cooldown does not block."""
+        self._last_grant.pop(person_id, None)
+
     @staticmethod
     def _best(matches: list[Match]) -> Match | None:
         accepted = [m for m in matches if m.accepted]

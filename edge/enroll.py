@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -46,16 +47,31 @@ def prepare_image(path: str | Path, detector: Detector, size: int) -> PreparedSa
     return PreparedSample(str(path), align_face(image, face.landmarks, size), face)
 
 
+def add_companion_samples(gallery: Gallery, name: str, crops: Sequence[np.ndarray], capture_ids: Sequence[str],
+                          companions: Sequence[Embedder], dtype: str = "float32") -> None:
+    """Store the same captures embedded by each companion model (two-stage), tied by capture id.
+
+    Call inside the transaction that stored the main samples, so both or neither land.
+    """
+    for companion in companions:
+        gallery.add_samples(name, companion.embed(list(crops)), companion.model_id, dtype=dtype,
+                            source=["companion"] * len(crops), capture_ids=list(capture_ids), create=False)
+
+
 def enroll_files(gallery: Gallery, detector: Detector, embedder: Embedder, name: str,
-                 paths: Sequence[str | Path], dtype: str = "float32", keep_crops: bool = False) -> int:
+                 paths: Sequence[str | Path], dtype: str = "float32", keep_crops: bool = False,
+                 companions: Sequence[Embedder] = ()) -> int:
     """Enroll ``name`` from image files; all or nothing: one bad file stores none of them."""
     prepared = [prepare_image(p, detector, embedder.input_size) for p in paths]
     embeddings = embedder.embed([s.crop for s in prepared])
     crops = [cv2.imencode(".png", s.crop)[1].tobytes() for s in prepared] if keep_crops else None
-    gallery.add_samples(
-        name, embeddings, embedder.model_id, dtype=dtype,
-        quality=[s.face.score for s in prepared], source=[Path(s.source).name for s in prepared], crops=crops,
-    )
+    capture_ids = [uuid.uuid4().hex for _ in prepared]
+    with gallery.db.atomic():
+        gallery.add_samples(
+            name, embeddings, embedder.model_id, dtype=dtype, quality=[s.face.score for s in prepared],
+            source=[Path(s.source).name for s in prepared], crops=crops, capture_ids=capture_ids,
+        )
+        add_companion_samples(gallery, name, [s.crop for s in prepared], capture_ids, companions, dtype)
     log.info("enrolled %s from %d image(s)", name, len(prepared))
     return len(prepared)
 

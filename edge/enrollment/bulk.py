@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..bundle import sha256_file
+from ..enroll import add_companion_samples
 from ..gallery import Gallery, validate_name
 from ..images import IMAGE_SUFFIXES, load_image
 from .live import png_bytes
@@ -69,7 +70,7 @@ def folder_people(root: Path) -> list[tuple[str, list[Path]]]:
 class BulkEnroller:
     def __init__(self, gallery: Gallery, detector, embedder, threshold: float, config, *,
                  keep_crops: bool = False, allow_lookalike: bool = False, dry_run: bool = False,
-                 on_file: Callable[[FileResult], None] | None = None) -> None:
+                 on_file: Callable[[FileResult], None] | None = None, companions=()) -> None:
         from ..matcher import check_gallery_model
 
         check_gallery_model(gallery, embedder.model_id)
@@ -83,6 +84,7 @@ class BulkEnroller:
         self.allow_lookalike = allow_lookalike
         self.dry_run = dry_run
         self.on_file = on_file or (lambda r: None)
+        self.companions = list(companions)
 
     def enroll(self, name: str, paths: Sequence[Path]) -> PersonReport:
         name = validate_name(name)
@@ -138,12 +140,15 @@ class BulkEnroller:
                             tuple(r.code for r in reasons)))
         if accepted and not self.dry_run:
             capture_ids = [uuid.uuid4().hex for _ in accepted]
-            person_id = self.gallery.add_samples(
-                name, np.stack([a[0] for a in accepted]), self.embedder.model_id,
-                dtype=self.config.gallery.embedding_dtype, quality=[a[1] for a in accepted],
-                source=[a[2] for a in accepted], capture_ids=capture_ids,
-                crops=[png_bytes(a[3]) for a in accepted] if self.keep_crops else None,
-            )
+            dtype = self.config.gallery.embedding_dtype
+            with self.gallery.db.atomic():
+                person_id = self.gallery.add_samples(
+                    name, np.stack([a[0] for a in accepted]), self.embedder.model_id, dtype=dtype,
+                    quality=[a[1] for a in accepted], source=[a[2] for a in accepted], capture_ids=capture_ids,
+                    crops=[png_bytes(a[3]) for a in accepted] if self.keep_crops else None,
+                )
+                add_companion_samples(self.gallery, name, [a[3] for a in accepted], capture_ids,
+                                      self.companions, dtype)
             self.gallery.log_event("enrolled", name=name, person_id=person_id, model_id=self.embedder.model_id,
                                    detail={"samples": len(accepted), "via": "files", "at": time.time()})
         report.added = len(accepted)

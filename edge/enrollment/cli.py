@@ -187,7 +187,7 @@ def add(config_path, name, samples, contact_sheet, timeout, keep_crops, allow_lo
 def _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json):
     from tqdm import tqdm
 
-    from ..app import build_detector, build_embedder, effective_threshold
+    from ..app import build_companions, build_detector, build_embedder, effective_threshold
     from ..gallery import Gallery
     from .bulk import BulkEnroller
 
@@ -201,7 +201,8 @@ def _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json):
             bar.set_postfix_str(f"{result.person}: {result.status}")
 
         enroller = BulkEnroller(gallery, detector, embedder, threshold, config, keep_crops=keep_crops,
-                                allow_lookalike=allow_lookalike, dry_run=dry_run, on_file=on_file)
+                                allow_lookalike=allow_lookalike, dry_run=dry_run, on_file=on_file,
+                                companions=build_companions(config))
         reports = []
         for name, paths in people:
             bar.set_description(name)
@@ -350,19 +351,20 @@ def reembed(config_path):
     Samples of the old model stay, so switching back keeps working. People
     enrolled without --keep-crops are listed: they must be enrolled again.
     """
-    from ..app import build_embedder
+    from ..app import build_companions, build_embedder
     from ..enroll import reembed_from_crops
     from ..gallery import Gallery
 
     config = _config(config_path)
     with Gallery(config.gallery_path(), create=False) as gallery:
-        embedder = build_embedder(config)
-        report = reembed_from_crops(gallery, embedder, config.gallery.embedding_dtype)
-    for name, result in report.items():
-        if result == "re-enroll":
-            click.echo(f"{name}: no kept crops, must be enrolled again with {embedder.model_id}")
-        else:
-            click.echo(f"{name}: {result} sample(s) added for {embedder.model_id}")
+        # The two-stage confirming model needs its own samples too.
+        for embedder in [build_embedder(config), *build_companions(config)]:
+            report = reembed_from_crops(gallery, embedder, config.gallery.embedding_dtype)
+            for name, result in report.items():
+                if result == "re-enroll":
+                    click.echo(f"{name}: no kept crops, must be enrolled again with {embedder.model_id}")
+                else:
+                    click.echo(f"{name}: {result} sample(s) added for {embedder.model_id}")
 
 
 @command.command("export")

@@ -115,9 +115,11 @@ class ControlServer:
     """
 
     def __init__(self, config, embedder, threshold: Callable[[], float], *, path: Path | None = None,
-                 mode: int = 0o660, group: str | None = None) -> None:
+                 mode: int = 0o660, group: str | None = None, companions=()) -> None:
         self.config = config
         self.embedder = embedder
+        # Own interpreters for the two-stage model: the frame loop uses the recognizer's at the same time.
+        self.companions = list(companions)
         self.threshold = threshold
         self.path = Path(path) if path is not None else socket_path(config)
         self.mode = mode
@@ -286,7 +288,8 @@ class ControlServer:
                         return
                     keep = bool(request.get("keep_crops"))
                     person_id = commit(gallery, session, self.embedder.model_id,
-                                       self.config.gallery.embedding_dtype, keep, via=f"live:uid{uid}")
+                                       self.config.gallery.embedding_dtype, keep, via=f"live:uid{uid}",
+                                       companions=self.companions)
                     total = next((p.samples for p in gallery.people() if p.id == person_id), wanted)
                     log.info("enrolled %s: %d samples (%s)", session.name, wanted, summary_line(session))
                     _send(conn, done_event(session, self.embedder.model_id, total))
@@ -359,7 +362,10 @@ class _ServiceComponent:
     def start(self) -> None:
         recognizer = self.service.recognizer
         try:
-            server = ControlServer(self.service.config, recognizer.embedder, lambda: recognizer.threshold).start()
+            from ..app import build_companions
+
+            server = ControlServer(self.service.config, recognizer.embedder, lambda: recognizer.threshold,
+                                   companions=build_companions(self.service.config)).start()
         except (EdgeError, OSError) as exc:
             log.error("enrollment control socket unavailable, live enrollment disabled: %s", exc)
             return
@@ -380,6 +386,9 @@ def service_component(service) -> _ServiceComponent:
 
 def attach_control_server(recognizer, config, **kwargs) -> ControlServer:
     """Start a control server for a plain :class:`edge.app.Recognizer`; pass ``server.on_frame`` to ``run``."""
+    from ..app import build_companions
+
+    kwargs.setdefault("companions", build_companions(config))
     return ControlServer(config, recognizer.embedder, lambda: recognizer.threshold, **kwargs).start()
 
 

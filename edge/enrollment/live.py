@@ -110,16 +110,24 @@ class LiveEnrollment:
 
 
 def commit(gallery: Gallery, session: LiveEnrollment, model_id: str, dtype: str = "float32",
-           keep_crops: bool = False, via: str = "live") -> int:
-    """Write every sample of a finished session in one transaction; returns the person id."""
+           keep_crops: bool = False, via: str = "live", companions=()) -> int:
+    """Write every sample of a finished session in one transaction; returns the person id.
+
+    ``companions`` (the two-stage confirming model) embed the same crops, stored alongside.
+    """
+    from ..enroll import add_companion_samples
+
     samples = session.samples
     when = time.strftime("%Y-%m-%dT%H:%M:%S")
-    person_id = gallery.add_samples(
-        session.name, np.stack([s.embedding for s in samples]), model_id, dtype=dtype,
-        quality=[s.score for s in samples], source=[f"{via}:{when}"] * len(samples),
-        crops=[png_bytes(s.crop) for s in samples] if keep_crops else None,
-        capture_ids=[s.capture_id for s in samples],
-    )
+    with gallery.db.atomic():
+        person_id = gallery.add_samples(
+            session.name, np.stack([s.embedding for s in samples]), model_id, dtype=dtype,
+            quality=[s.score for s in samples], source=[f"{via}:{when}"] * len(samples),
+            crops=[png_bytes(s.crop) for s in samples] if keep_crops else None,
+            capture_ids=[s.capture_id for s in samples],
+        )
+        add_companion_samples(gallery, session.name, [s.crop for s in samples],
+                              [s.capture_id for s in samples], companions, dtype)
     gallery.log_event("enrolled", name=session.name, person_id=person_id, model_id=model_id,
                       detail={"samples": len(samples), "via": via, "warnings": session.warnings[:5]})
     return person_id
@@ -143,7 +151,7 @@ def run_local(config, name: str, wanted: int, on_event: Callable[[dict], None], 
               keep_crops: bool = False, allow_lookalike: bool = False, want_crops: bool = False,
               source=None, stop: threading.Event | None = None) -> dict:
     """No service running: open the camera here and do the same as the service would."""
-    from ..app import build_detector, build_embedder, effective_threshold
+    from ..app import build_companions, build_detector, build_embedder, effective_threshold
     from ..camera import open_source
     from ..errors import CameraError
     from .errors import EnrollmentError
@@ -173,7 +181,7 @@ def run_local(config, name: str, wanted: int, on_event: Callable[[dict], None], 
                 for event in session.offer(frame.main, detector.detect(frame), frame.timestamp):
                     on_event(event)
         person_id = commit(gallery, session, embedder.model_id, config.gallery.embedding_dtype, keep_crops,
-                           via="live-local")
+                           via="live-local", companions=build_companions(config))
         total = next((p.samples for p in gallery.people() if p.id == person_id), len(session.samples))
     return done_event(session, embedder.model_id, total)
 
