@@ -33,6 +33,7 @@ import numpy as np
 
 from ..align import ALIGNED_SIZE, align_face
 from ..gallery import GalleryMatrix
+from ..matcher import l2_distances
 from ..types import Face
 
 # Where the nose tip sits between the eye line (0) and the mouth line (1) on a
@@ -235,9 +236,10 @@ class Verdict:
 
 
 def _l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances from one embedding to each row of ``b``."""
     if len(b) == 0:
         return np.zeros(0, np.float32)
-    return np.sqrt(np.maximum(2.0 - 2.0 * np.clip(b @ a, -1.0, 1.0), 0.0))
+    return l2_distances(a[None, :], b)[0]
 
 
 class SessionGuard:

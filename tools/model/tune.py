@@ -34,6 +34,7 @@ import numpy as np
 from edge.bundle import load_bundle, read_manifest, write_manifest
 from edge.embedder import Embedder
 from edge.errors import EdgeError, ModelError
+from edge.matcher import l2_distances
 from tools.model import metrics
 from tools.model.backends import open_embedder
 from tools.model.crops import DEFAULT_DETECTOR
@@ -94,8 +95,7 @@ def people_distances(root: Path, embedder: Embedder, pipeline: FacePipeline, pro
     genuine, impostor = [], []
     for start in range(0, len(emb), block):
         rows = columns[start : start + block]
-        cosine = np.clip(emb[rows] @ emb.T, -1.0, 1.0)
-        distance = np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
+        distance = l2_distances(emb[rows], emb)
         upper = columns[None, :] > rows[:, None]
         same = label_ids[rows][:, None] == label_ids[None, :]
         genuine.append(distance[upper & same])
