@@ -29,6 +29,11 @@ class PreparedSample:
     face: Face
 
 
+def png_bytes(crop: np.ndarray) -> bytes:
+    """How kept face crops are stored: lossless, so re-embedding sees the enrolled pixels."""
+    return cv2.imencode(".png", crop)[1].tobytes()
+
+
 def single_face(image: np.ndarray, detector: Detector, source: str) -> Face:
     """The one face in an enrollment image; refuse none or several (ambiguity is not guessed away)."""
     faces = detector.detect_image(image)
@@ -64,7 +69,7 @@ def enroll_files(gallery: Gallery, detector: Detector, embedder: Embedder, name:
     """Enroll ``name`` from image files; all or nothing: one bad file stores none of them."""
     prepared = [prepare_image(p, detector, embedder.input_size) for p in paths]
     embeddings = embedder.embed([s.crop for s in prepared])
-    crops = [cv2.imencode(".png", s.crop)[1].tobytes() for s in prepared] if keep_crops else None
+    crops = [png_bytes(s.crop) for s in prepared] if keep_crops else None
     capture_ids = [uuid.uuid4().hex for _ in prepared]
     with gallery.db.atomic():
         gallery.add_samples(

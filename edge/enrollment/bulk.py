@@ -22,7 +22,7 @@ from ..bundle import sha256_file
 from ..enroll import add_companion_samples
 from ..gallery import Gallery, validate_name
 from ..images import IMAGE_SUFFIXES, load_image
-from .live import png_bytes
+from ..enroll import png_bytes
 from .quality import Reason, SessionGuard, Thresholds, assess
 
 

@@ -20,10 +20,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 
 from ..embedder import Embedder
+from ..enroll import png_bytes
 from ..gallery import Gallery
 from ..types import Face
 from .quality import Metrics, SessionGuard, Thresholds, assess
@@ -38,10 +38,6 @@ class Sample:
     score: float
     metrics: Metrics
     capture_id: str
-
-
-def png_bytes(crop: np.ndarray) -> bytes:
-    return cv2.imencode(".png", crop)[1].tobytes()
 
 
 class LiveEnrollment:
@@ -181,7 +177,7 @@ def run_local(config, name: str, wanted: int, on_event: Callable[[dict], None], 
                 for event in session.offer(frame.main, detector.detect(frame), frame.timestamp):
                     on_event(event)
         person_id = commit(gallery, session, embedder.model_id, config.gallery.embedding_dtype, keep_crops,
-                           via="live-local", companions=build_companions(config))
+                           via="live-local", companions=build_companions(config, embedder.model_id))
         total = next((p.samples for p in gallery.people() if p.id == person_id), len(session.samples))
     return done_event(session, embedder.model_id, total)
 
