@@ -56,13 +56,15 @@ def build_embedder(config: Config) -> TFLiteEmbedder:
     return TFLiteEmbedder(bundle, config.embedder.threads, config.embedder.runtime)
 
 
-def build_companions(config: Config) -> list[TFLiteEmbedder]:
-    """Embedders whose samples enrollment stores beside the main one's (the two-stage confirmer)."""
+def build_companions(config: Config, main_model_id: str) -> list[TFLiteEmbedder]:
+    """Embedders whose samples enrollment stores beside the main one's (the two-stage confirmer).
+
+    ``main_model_id`` is the already loaded main embedder's, so its bundle is not hashed twice.
+    """
     if not config.embedder.confirm_model:
         return []
     bundle = load_bundle(config.model_path(config.embedder.confirm_model), expect_kind="embedder")
-    main = load_bundle(config.model_path(config.embedder.model), expect_kind="embedder")
-    if bundle.model_id == main.model_id:
+    if bundle.model_id == main_model_id:
         raise ConfigError(
             f"embedder.confirm_model is the same model as embedder.model ({bundle.model_id}); "
             "two-stage needs a different, more accurate model (or leave confirm_model empty)"
@@ -107,7 +109,7 @@ class Recognizer:
         self.detector = build_detector(config)
         self.embedder = build_embedder(config)
         self.threshold = effective_threshold(config, self.embedder)
-        self.companions = build_companions(config)
+        self.companions = build_companions(config, self.embedder.model_id)
         self.gallery = Gallery(config.gallery_path())
         if config.demo.enroll:
             added = enroll_demo_people(self.gallery, self.detector, self.embedder, self.companions)

@@ -202,7 +202,7 @@ def _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json):
 
         enroller = BulkEnroller(gallery, detector, embedder, threshold, config, keep_crops=keep_crops,
                                 allow_lookalike=allow_lookalike, dry_run=dry_run, on_file=on_file,
-                                companions=build_companions(config))
+                                companions=build_companions(config, embedder.model_id))
         reports = []
         for name, paths in people:
             bar.set_description(name)
@@ -358,7 +358,8 @@ def reembed(config_path):
     config = _config(config_path)
     with Gallery(config.gallery_path(), create=False) as gallery:
         # The two-stage confirming model needs its own samples too.
-        for embedder in [build_embedder(config), *build_companions(config)]:
+        main = build_embedder(config)
+        for embedder in [main, *build_companions(config, main.model_id)]:
             report = reembed_from_crops(gallery, embedder, config.gallery.embedding_dtype)
             for name, result in report.items():
                 if result == "re-enroll":

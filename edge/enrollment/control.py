@@ -365,7 +365,7 @@ class _ServiceComponent:
             from ..app import build_companions
 
             server = ControlServer(self.service.config, recognizer.embedder, lambda: recognizer.threshold,
-                                   companions=build_companions(self.service.config)).start()
+                                   companions=build_companions(self.service.config, recognizer.embedder.model_id)).start()
         except (EdgeError, OSError) as exc:
             log.error("enrollment control socket unavailable, live enrollment disabled: %s", exc)
             return
@@ -388,7 +388,7 @@ def attach_control_server(recognizer, config, **kwargs) -> ControlServer:
     """Start a control server for a plain :class:`edge.app.Recognizer`; pass ``server.on_frame`` to ``run``."""
     from ..app import build_companions
 
-    kwargs.setdefault("companions", build_companions(config))
+    kwargs.setdefault("companions", build_companions(config, recognizer.embedder.model_id))
     return ControlServer(config, recognizer.embedder, lambda: recognizer.threshold, **kwargs).start()
 
 
