@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..embedder import Embedder
-from ..enroll import png_bytes
+from ..enroll import add_companion_samples, png_bytes
 from ..gallery import Gallery
 from ..types import Face
 from .quality import Metrics, SessionGuard, Thresholds, assess
@@ -111,8 +111,6 @@ def commit(gallery: Gallery, session: LiveEnrollment, model_id: str, dtype: str 
 
     ``companions`` (the two-stage confirming model) embed the same crops, stored alongside.
     """
-    from ..enroll import add_companion_samples
-
     samples = session.samples
     when = time.strftime("%Y-%m-%dT%H:%M:%S")
     with gallery.db.atomic():
