@@ -201,3 +201,29 @@ def test_model_card_numbers_come_from_the_eval_json():
         assert std == round(100 * ref["accuracy_std"], 2)
         assert tar == round(100 * ref["tar_at_far_1e-3"], 2)
     assert f"{results['macs'] / 1e6:.2f}M" in card
+
+
+def test_caches_follow_content_not_mtimes(tmp_path):
+    """A re-copied data folder (new mtimes) reuses the crop cache; changed pixels never reuse stale targets."""
+    import os
+    import shutil
+
+    from tools.model.crops import _cache_key, select_images
+    from tools.model.train_student import crop_key
+
+    images = tmp_path / "faces"
+    shutil.copytree(FACES, images)
+    items = select_images([images], None, 0)
+    before = _cache_key(items, 112, "detector")
+    for path, _ in items:
+        os.utime(path, (1, 1))
+    assert _cache_key(items, 112, "detector") == before
+    first = items[0][0]
+    first.write_bytes(first.read_bytes() + b"\0")
+    assert _cache_key(items, 112, "detector") != before
+
+    crops = np.zeros((2, 8, 8, 3), np.uint8)
+    key = crop_key(["a", "b"], crops, "teacher")
+    assert crop_key(["a", "b"], crops.copy(), "teacher") == key
+    crops[1, 4, 4, 0] = 1
+    assert crop_key(["a", "b"], crops, "teacher") != key

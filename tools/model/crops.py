@@ -96,11 +96,13 @@ def crop_largest_face(image: np.ndarray, detector: YuNetDetector, size: int = 11
 
 
 def _cache_key(items: list[tuple[Path, str]], size: int, detector_sha: str) -> str:
+    # Keyed on file contents, not mtimes: a fresh copy of the same images (another machine, a
+    # re-provisioned data folder) reuses the cache; an edited image does not.
     digest = hashlib.sha256()
-    digest.update(f"{size}|{detector_sha}|v1".encode())
+    digest.update(f"{size}|{detector_sha}|v2".encode())
     for path, identity in items:
-        stat = path.stat()
-        digest.update(f"{path}|{identity}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(f"{path}|{identity}|{content}\n".encode())
     return digest.hexdigest()[:20]
 
 

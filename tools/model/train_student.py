@@ -55,8 +55,11 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def crop_key(paths: list[str], shape: tuple, teacher_sha: str) -> str:
-    digest = hashlib.sha256(f"{shape}|{teacher_sha}|teacher-v1".encode())
+def crop_key(paths: list[str], crops: np.ndarray, teacher_sha: str) -> str:
+    """Cache key of teacher targets: the crops' pixels themselves (a new detector or aligner
+    changes them under the same paths), their paths and the teacher."""
+    digest = hashlib.sha256(f"{crops.shape}|{teacher_sha}|teacher-v2".encode())
+    digest.update(np.ascontiguousarray(crops).data)
     for p in paths:
         digest.update(p.encode() + b"\n")
     return digest.hexdigest()[:20]
@@ -370,7 +373,8 @@ def train(
     rng = np.random.default_rng(seed + 1)
     ckpt_path = out_dir / "last.pt"
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        # weights_only: a checkpoint is data, never code, and loads under any numpy version
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         if arc is not None and ckpt.get("arc") is not None:
@@ -449,7 +453,7 @@ def train(
 
 
 def load_student(path: Path, device: str = "cpu") -> Student:
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = torch.load(path, map_location=device, weights_only=True)
     model = Student(StudentConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
@@ -524,7 +528,7 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
         crops, paths, identities = pack["crops"], pack["paths"], pack["identities"]
         teacher_bytes, targets = pack.get("teacher_onnx"), pack.get("teacher")
         teacher_sha = hashlib.sha256(teacher_bytes).hexdigest() if teacher_bytes else "pack"
-        cache_file = out_dir / f"teacher-{crop_key(paths, crops.shape, teacher_sha)}.npy"
+        cache_file = out_dir / f"teacher-{crop_key(paths, crops, teacher_sha)}.npy"
     else:
         if not roots:
             raise click.UsageError("give ROOTS (folders of face images) or --pack")
@@ -534,7 +538,7 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
         crops, paths, identities = crop_set.crops, crop_set.paths, crop_set.identities
         tpath = teacher_path or default_teacher_path()
         teacher_sha = sha256_file(tpath)
-        cache_file = Path(cache_dir) / f"teacher-{crop_key(paths, crops.shape, teacher_sha)}.npy"
+        cache_file = Path(cache_dir) / f"teacher-{crop_key(paths, crops, teacher_sha)}.npy"
         if save_pack_path:
             save_pack(save_pack_path, crops, paths, identities, tpath, pack_quality)
             click.echo(f"pack {save_pack_path}: {len(paths)} crops, {save_pack_path.stat().st_size / 1e6:.1f} MB")
