@@ -227,3 +227,56 @@ def test_caches_follow_content_not_mtimes(tmp_path):
     assert crop_key(["a", "b"], crops.copy(), "teacher") == key
     crops[1, 4, 4, 0] = 1
     assert crop_key(["a", "b"], crops, "teacher") != key
+
+
+def test_model_card_tool_writes_every_stage_from_the_json(tmp_path):
+    """The card generator: two training stages, numbers copied from eval/bench JSON, the bar judged."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from tools.model.student_card import main as card_main
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(BUNDLE / "manifest.json", bundle / "manifest.json")
+
+    def model(name, acc, tar):
+        return {"name": name, "accuracy": {"mean": acc, "std": 0.01}, "tar_at_far": {"0.001": {"tar": tar}}}
+
+    report = {"pairs": 7000, "detection": {"failed_pairs": 3},
+              "models": [model("student-int8-x", 0.9712, 0.8), model("sface-int8-y", 0.9881, 0.95),
+                         model("student-fp32", 0.9731, 0.81)]}
+    (tmp_path / "ff.json").write_text(json.dumps(report))
+    timing = {"runtime": "ai-edge-litert", "threads": 1, "batch": 1, "median_ms": 2.5, "p90_ms": 2.6}
+    bench = {"host": {"machine": "x86_64"}, "models": [
+        {"model": "student-int8-x", "size_bytes": 1, "macs": 37_000_000, "params": 4, "timings": [timing]},
+        {"model": "sface-int8-y", "size_bytes": 2, "macs": 574_000_000, "params": 5,
+         "timings": [dict(timing, median_ms=50.0, p90_ms=55.0)]}]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    histories = []
+    for stage, (epochs, cos) in enumerate([(3, 0.5), (2, 0.6)]):
+        path = tmp_path / f"history{stage}.json"
+        path.write_text(json.dumps([{"epoch": e + 1, "step": 10 * (e + 1), "loss": 1.0 - 0.1 * e,
+                                     "heldout_cos": cos + 0.01 * e, "elapsed_s": 60.0 * (e + 1)}
+                                    for e in range(epochs)]))
+        histories += ["--history", str(path), "--command", f"train stage {stage}", "--device-note", f"on box {stage}"]
+    result = CliRunner().invoke(card_main, [str(bundle), "--eval", f"cfp-ff={tmp_path / 'ff.json'}",
+                                            "--bench", str(tmp_path / "bench.json"), *histories,
+                                            "--convert-command", "convert it", "--macs", "37029960",
+                                            "--params", "422184"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = (bundle / "MODEL_CARD.md").read_text()
+    results = json.loads((bundle / "eval.json").read_text())
+    assert [s["epochs_run"] for s in results["training"]["stages"]] == [3, 2]
+    assert results["training"]["heldout_cos_to_teacher"] == pytest.approx(0.61)
+    assert "Stage 1: 3 epochs / 30 steps in 3.0 min on box 0" in card and "Stage 2: 2 epochs" in card
+    assert "train stage 0\ntrain stage 1\nconvert it" in card
+    assert "| cfp-ff | student INT8 | 97.12 ± 1.00 | 80.00 |" in card
+    assert "CFP-FF within 1.5 points of SFace INT8: NOT met (1.69 points behind)" in card
+    assert "20.0x faster" in card and (bundle / "curve.png").stat().st_size > 1000
+    # a stage without its command is refused
+    bad = CliRunner().invoke(card_main, [str(bundle), "--eval", f"cfp-ff={tmp_path / 'ff.json'}", "--bench",
+                                         str(tmp_path / "bench.json"), "--history", str(tmp_path / "history0.json"),
+                                         "--convert-command", "c", "--macs", "1", "--params", "1"])
+    assert bad.exit_code != 0

@@ -302,6 +302,9 @@ def plot_curve(history: list[dict], path: Path) -> None:
     ax.set_ylabel("loss", color="b")
     ax2 = ax.twinx()
     ax2.plot(epochs, [h["heldout_cos"] for h in history], "r-", label="held-out cos to teacher")
+    if all("train_cos" in h for h in history):
+        ax2.plot(epochs, [h["train_cos"] for h in history], "r:", label="clean training crops")
+        ax2.legend(loc="lower right", fontsize=8)
     ax2.set_ylabel("held-out cosine to teacher", color="r")
     ax.set_title("student distillation")
     fig.tight_layout()
@@ -348,6 +351,9 @@ def train(
     train_t = torch.from_numpy(train_idx).to(dev)
     held_crops = all_crops[torch.from_numpy(held_idx).to(dev)] if n_held else None
     held_targets = all_targets[torch.from_numpy(held_idx).to(dev), 0] if n_held else None
+    # The same cosine on clean training crops: equal to the held-out one means the student underfits
+    # (more capacity or steps help), far above it means it memorises (more data or augmentation help).
+    fit_idx = torch.from_numpy(train_idx[:: max(1, len(train_idx) // max(n_held, 1))][:max(n_held, 1)]).to(dev)
 
     model = Student(config)
     if init is not None:  # warm start: weights only, fresh optimiser and schedule
@@ -435,10 +441,13 @@ def train(
                 break
         done = bar.n if stop else steps
         hcos = heldout_cosine(model, held_crops, held_targets, size) if n_held else float("nan")
+        tcos = heldout_cosine(model, all_crops[fit_idx], all_targets[fit_idx, 0], size) if n_held else float("nan")
         record = {"epoch": epoch + 1, "step": step, "loss": running / max(done, 1), "heldout_cos": hcos,
+                  "train_cos": tcos,
                   "lr": lr_at(step), "arc": use_arc, "elapsed_s": elapsed_before + time.time() - started}
         history.append(record)
-        msg = f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, held-out cos to teacher {hcos:.4f}"
+        msg = (f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, held-out cos to teacher {hcos:.4f} "
+               f"(clean training crops {tcos:.4f})")
         (tqdm.write if progress else log.info)(msg)
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                     "arc": arc.state_dict() if arc is not None else None,
