@@ -33,6 +33,11 @@ def _label(name: str) -> str:
 
 
 def collect(evals: list[tuple[str, Path]]) -> dict:
+    """Per protocol and model, the figures of the last report (in the given order) that holds the model.
+
+    So the SFace rows of an earlier run (same bundle, detector and data) can stand beside a student
+    evaluated on its own; each row keeps its report's date.
+    """
     results: dict = {}
     for protocol, path in evals:
         report = json.loads(Path(path).read_text())
@@ -45,6 +50,8 @@ def collect(evals: list[tuple[str, Path]]) -> dict:
                 "tar_at_far_1e-3": tar,
                 "detection_failed_pairs": report["detection"]["failed_pairs"],
                 "pairs": report["pairs"],
+                "sha256": model.get("sha256"),
+                "report_date": report.get("date"),
             }
         if "cosine_between_models" in report:
             results.setdefault("cosine_between_models", {})[protocol] = report["cosine_between_models"]
@@ -205,6 +212,13 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
             tar = r["tar_at_far_1e-3"]
             lines.append(f"| {protocol} | {label} | {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} | "
                          f"{100 * tar:.2f} |")
+    dates = sorted({r["report_date"] for p in ("cfp-ff", "cfp-fp") for r in results.get(p, {}).values()
+                    if r.get("report_date")})
+    if len(dates) > 1:
+        lines += ["", "Rows come from eval runs of " + ", ".join(dates) + " (same detector and data; each row "
+                  "is the model's latest run: " + "; ".join(
+                      f"{p} {label} {r['report_date']}" for p in ("cfp-ff", "cfp-fp")
+                      for label, r in results.get(p, {}).items()) + ")."]
     fails = ", ".join(f"{p} {next(iter(results[p].values()))['detection_failed_pairs']} of "
                       f"{next(iter(results[p].values()))['pairs']} pairs" for p in ("cfp-ff", "cfp-fp") if p in results)
     lines += ["", "Float = the same BatchNorm-folded network as an fp32 TFLite bundle (identical to the ONNX export "

@@ -260,7 +260,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, rel_weight: float
     t = F.normalize(teacher.float(), dim=1)
     cos_loss = (1 - (s * t).sum(1)).mean()
     rel = F.mse_loss(s @ s.t(), t @ t.t())
-    return cos_loss + rel_weight * rel, {"cos": float(cos_loss), "rel": float(rel)}
+    return cos_loss + rel_weight * rel, {"cos": float(cos_loss.detach()), "rel": float(rel.detach())}
 
 
 # --------------------------------------------------------------------------------------- training
@@ -428,14 +428,15 @@ def train(
                 if ok.any():
                     arc_loss = arc(F.normalize(emb.float()[ok], dim=1), lab[ok])
                     loss = loss + arc_weight * arc_loss
-                    parts["arc"] = float(arc_loss)
+                    parts["arc"] = float(arc_loss.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
             step += 1
-            running += float(loss)
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr_at(step):.1e}")
+            loss_value = loss.item()
+            running += loss_value
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_at(step):.1e}")
             if max_minutes and elapsed_before + time.time() - started > 60 * max_minutes:
                 stop = True
                 break
