@@ -275,8 +275,20 @@ def test_model_card_tool_writes_every_stage_from_the_json(tmp_path):
     assert "| cfp-ff | student INT8 | 97.12 ± 1.00 | 80.00 |" in card
     assert "CFP-FF within 1.5 points of SFace INT8: NOT met (1.69 points behind)" in card
     assert "20.0x faster" in card and (bundle / "curve.png").stat().st_size > 1000
+    assert "cfp-ff +0.19 points (float minus INT8), within 0.3 points" in card
     # a stage without its command is refused
     bad = CliRunner().invoke(card_main, [str(bundle), "--eval", f"cfp-ff={tmp_path / 'ff.json'}", "--bench",
                                          str(tmp_path / "bench.json"), "--history", str(tmp_path / "history0.json"),
                                          "--convert-command", "c", "--macs", "1", "--params", "1"])
     assert bad.exit_code != 0
+
+
+def test_readme_quotes_the_student_figures_of_its_eval_json():
+    results = json.loads((BUNDLE / "eval.json").read_text())
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith("| `models/student-int8`"))
+    accuracy = 100 * results["cfp-ff"]["student INT8"]["accuracy_mean"]
+    assert f"CFP-FF {accuracy:.2f} %" in row, row
+    latency = results["latency_1_thread"]
+    ratio = latency["SFace INT8"]["median_ms"] / latency["student INT8"]["median_ms"]
+    assert f"{ratio:.0f}x faster" in row, row
