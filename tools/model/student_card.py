@@ -69,34 +69,6 @@ def latency(bench: dict) -> dict:
     return out
 
 
-def plot_stages(histories: list[list[dict]], path: Path) -> None:
-    """Loss and held-out cosine of every stage on one epoch axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax2 = ax.twinx()
-    offset = 0
-    for i, history in enumerate(histories):
-        epochs = [offset + h["epoch"] for h in history]
-        ax.plot(epochs, [h["loss"] for h in history], "b-", label="train loss" if i == 0 else None)
-        ax2.plot(epochs, [h["heldout_cos"] for h in history], "r-")
-        if all("train_cos" in h for h in history):
-            ax2.plot(epochs, [h["train_cos"] for h in history], "r:")
-        if i:
-            ax.axvline(offset + 0.5, color="gray", linestyle="--", linewidth=1)
-        offset = epochs[-1]
-    ax.set_xlabel("epoch (all stages)")
-    ax.set_ylabel("train loss", color="b")
-    ax2.set_ylabel("held-out cosine to teacher", color="r")
-    ax.set_title("student distillation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--eval", "evals", multiple=True, required=True, help="PROTOCOL=report.json (edge-model eval --json).")
@@ -130,7 +102,9 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
                        "minutes": round(history[-1]["elapsed_s"] / 60, 1),
                        "where": device_notes[i] if device_notes else ""})
     results["training"] = {"stages": stages, "heldout_cos_to_teacher": stages[-1]["heldout_cos_to_teacher"]}
-    plot_stages(histories, bundle / "curve.png")
+    from .train_student import plot_curve
+
+    plot_curve(histories, bundle / "curve.png")
     (bundle / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
 
     s, t = lat.get("student INT8"), lat.get("SFace INT8")

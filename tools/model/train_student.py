@@ -286,7 +286,8 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def plot_curve(history: list[dict], path: Path) -> None:
+def plot_curve(histories: list[list[dict]], path: Path) -> None:
+    """Loss and held-out cosine of one or more training stages on one epoch axis (dashed: a stage starts)."""
     try:
         import matplotlib
 
@@ -295,17 +296,23 @@ def plot_curve(history: list[dict], path: Path) -> None:
     except ImportError:
         log.warning("matplotlib missing: no training curve")
         return
-    epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [h["loss"] for h in history], "b-", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss", color="b")
     ax2 = ax.twinx()
-    ax2.plot(epochs, [h["heldout_cos"] for h in history], "r-", label="held-out cos to teacher")
-    if all("train_cos" in h for h in history):
-        ax2.plot(epochs, [h["train_cos"] for h in history], "r:", label="clean training crops")
-        ax2.legend(loc="lower right", fontsize=8)
-    ax2.set_ylabel("held-out cosine to teacher", color="r")
+    offset = 0
+    for i, history in enumerate(histories):
+        epochs = [offset + h["epoch"] for h in history]
+        ax.plot(epochs, [h["loss"] for h in history], "b-")
+        ax2.plot(epochs, [h["heldout_cos"] for h in history], "r-", label="held-out crops" if i == 0 else None)
+        if all("train_cos" in h for h in history):
+            ax2.plot(epochs, [h["train_cos"] for h in history], "r:",
+                     label="clean training crops" if i == 0 else None)
+        if i:
+            ax.axvline(offset + 0.5, color="gray", linestyle="--", linewidth=1)
+        offset = epochs[-1]
+    ax.set_xlabel("epoch" + (" (all stages)" if len(histories) > 1 else ""))
+    ax.set_ylabel("train loss", color="b")
+    ax2.set_ylabel("cosine to teacher", color="r")
+    ax2.legend(loc="lower right", fontsize=8)
     ax.set_title("student distillation")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -455,7 +462,7 @@ def train(
                     "epoch": epoch + 1, "step": step, "history": history, "config": config.to_dict(),
                     "gen": gen.get_state(), "rng": rng.bit_generator.state, "seed": seed}, ckpt_path)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        plot_curve(history, out_dir / "curve.png")
+        plot_curve([history], out_dir / "curve.png")
         if stop:
             log.info("stopped by --max-minutes after epoch %d", epoch + 1)
             break
