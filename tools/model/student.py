@@ -79,13 +79,16 @@ class InceptionBlock(nn.Module):
         self.pool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, stride, 0))
         self.bp = conv_bn(cin, bp, 1)
         self.residual = stride == 1 and cin == cout
+        # Where TFLite stores the concatenation and the sum as int8 (QAT puts its rounding here).
+        self.merge = nn.Identity()
+        self.output = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = [self.b3(x), self.b5(x), self.bp(self.pool(x))]
         if self.b1 is not None:
             branches.insert(0, self.b1(x))
-        y = torch.cat(branches, 1)
-        return x + y if self.residual else y
+        y = self.merge(torch.cat(branches, 1))
+        return self.output(x + y) if self.residual else y
 
 
 @dataclass
@@ -211,8 +214,13 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def fold_batchnorm(model: Student) -> Student:
-    """A copy with every Conv+BatchNorm pair fused and the final BatchNorm1d folded into the linear layer."""
+    """A copy with every Conv+BatchNorm pair fused and the final BatchNorm1d folded into the linear layer.
+
+    A network folded already (a QAT one) comes back as a plain copy.
+    """
     model = copy.deepcopy(model).eval().cpu()
+    if not isinstance(model.bn, nn.BatchNorm1d):
+        return model
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             for i in range(len(module) - 1):
@@ -230,7 +238,14 @@ def fold_batchnorm(model: Student) -> Student:
 
 
 def export_onnx(model: Student, path, opset: int = 13) -> None:
-    """BatchNorm-folded student -> ONNX, static 1x3xSxS input ``input``, output ``embedding``."""
+    """BatchNorm-folded student -> ONNX, static 1x3xSxS input ``input``, output ``embedding``.
+
+    A QAT network is exported without its simulated rounding: the converter's PTQ rounds it the same way.
+    """
+    if getattr(model, "qat", False):
+        from .qat import strip_qat
+
+        model = strip_qat(model)
     folded = fold_batchnorm(model)
     size = model.config.input_size
     dummy = torch.zeros(1, 3, size, size)

@@ -42,7 +42,8 @@ from .student import INPUT_MEAN, INPUT_STD, Student, StudentConfig, count_macs, 
 
 log = logging.getLogger(__name__)
 
-MAX_CLASS_SIZE = 1000  # a "class" bigger than this is a folder of unlabelled images, not a person
+MAX_CLASS_SIZE = 1000
+QAT_CALIBRATION_CROPS = 512  # a "class" bigger than this is a folder of unlabelled images, not a person
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -266,6 +267,14 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, rel_weight: float
 # --------------------------------------------------------------------------------------- training
 
 
+def heldout_split(n: int, fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) crop indices.  Stages of one model must share ``split_seed``:
+    a stage with another split trains on the crops its predecessor held out."""
+    order = np.random.default_rng(split_seed).permutation(n)
+    n_held = int(round(n * fraction)) if fraction > 0 else 0
+    return np.sort(order[:n_held]), np.sort(order[n_held:])
+
+
 @torch.no_grad()
 def heldout_cosine(model: Student, crops: torch.Tensor, targets: torch.Tensor, size: int, batch: int = 512) -> float:
     model.eval()
@@ -342,16 +351,21 @@ def train(
     progress: bool = True,
     steps_per_epoch: int | None = None,
     init: Path | None = None,
+    split_seed: int | None = None,
+    qat: bool = False,
 ) -> tuple[Student, list[dict]]:
-    """Distil into a fresh (or resumed) student; returns it and the per-epoch history."""
+    """Distil into a fresh (or resumed) student; returns it and the per-epoch history.
+
+    ``qat``: fine-tune the (``init``) student with INT8 rounding simulated (:mod:`tools.model.qat`);
+    the held-out cosine is then the simulated INT8 network's.
+    """
     from tqdm import tqdm
 
     seed_everything(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
-    order = np.random.default_rng(seed).permutation(len(crops))
-    n_held = int(round(len(crops) * heldout)) if heldout > 0 else 0
-    held_idx, train_idx = np.sort(order[:n_held]), np.sort(order[n_held:])
+    held_idx, train_idx = heldout_split(len(crops), heldout, seed if split_seed is None else split_seed)
+    n_held = len(held_idx)
     all_crops = torch.from_numpy(crops).to(dev)
     all_targets = torch.from_numpy(targets.astype(np.float32)).to(dev)
     all_labels = torch.from_numpy(labels).to(dev)
@@ -368,6 +382,10 @@ def train(
         state = state.get("model", state)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         log.info("initialised from %s", init)
+    if qat:
+        from .qat import prepare_qat
+
+        model = prepare_qat(model)
     model = model.to(dev).to(memory_format=torch.channels_last)
     arc = ArcMargin(config.embedding_size, max(num_classes, 1)).to(dev) if arc_epochs and num_classes else None
     params = list(model.parameters()) + (list(arc.parameters()) if arc is not None else [])
@@ -397,6 +415,13 @@ def train(
         rng = np.random.default_rng()
         rng.bit_generator.state = ckpt["rng"]
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    elif qat:
+        from .qat import calibrate
+
+        # Ranges from clean training crops, as the converter's calibration takes them from clean faces.
+        calib = train_t[torch.randperm(len(train_t), generator=gen, device=dev)[:QAT_CALIBRATION_CROPS]]
+        calibrate(model, (to_student_input(clean_view(all_crops[calib[i:i + 64]], config.input_size))
+                          .contiguous(memory_format=torch.channels_last) for i in range(0, len(calib), 64)))
 
     started = time.time()
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0
@@ -459,7 +484,7 @@ def train(
         (tqdm.write if progress else log.info)(msg)
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                     "arc": arc.state_dict() if arc is not None else None,
-                    "epoch": epoch + 1, "step": step, "history": history, "config": config.to_dict(),
+                    "epoch": epoch + 1, "step": step, "history": history, "config": config.to_dict(), "qat": qat,
                     "gen": gen.get_state(), "rng": rng.bit_generator.state, "seed": seed}, ckpt_path)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
         plot_curve([history], out_dir / "curve.png")
@@ -470,8 +495,15 @@ def train(
 
 
 def load_student(path: Path, device: str = "cpu") -> Student:
+    """A checkpoint's float network (a QAT one without its simulated rounding, BatchNorm folded)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     model = Student(StudentConfig.from_dict(ckpt["config"]))
+    if ckpt.get("qat"):
+        from .qat import prepare_qat, strip_qat
+
+        model = prepare_qat(model)
+        model.load_state_dict(ckpt["model"])
+        return strip_qat(model)
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -510,18 +542,22 @@ def _device(name: str) -> str:
 @click.option("--aug-strength", default=1.0, show_default=True)
 @click.option("--heldout", default=0.02, show_default=True, help="Fraction of crops held out for cosine-to-teacher.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--split-seed", type=int, default=None,
+              help="Seed of the held-out split (default: --seed); keep it fixed across the stages of one model.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--max-minutes", type=float, default=None,
               help="Stop (and anneal the learning rate) by this wall time; runs cut short are not bit-reproducible.")
 @click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start from these student weights (a checkpoint or state dict) with a fresh schedule.")
+@click.option("--qat", is_flag=True,
+              help="Quantisation-aware fine-tuning of --init (or --resume) with INT8 rounding simulated.")
 @click.option("--targets-cache", type=click.Path(dir_okay=False, path_type=Path),
               help="Where the teacher targets are cached (default: beside the crops / in OUT for a pack).")
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
 def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_path, cache_dir, limit, input_size, width,
             epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
-            device, resume, max_minutes, init_path, targets_cache, no_export):
+            split_seed, device, resume, max_minutes, init_path, qat, targets_cache, no_export):
     """Distil the float teacher (SFace) into the tiny Inception-style student."""
     from edge.bundle import sha256_file
 
@@ -529,6 +565,8 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
 
     if input_size > 112:
         raise click.BadParameter("the student's input is at most 112x112", param_hint="--input-size")
+    if qat and init_path is None and not resume:
+        raise click.UsageError("--qat fine-tunes a trained student: give --init (or --resume a QAT run)")
     device = _device(device)
     seed_everything(seed)
     config = StudentConfig(input_size=input_size, width=width)
@@ -593,7 +631,7 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
         crops, targets, labels, num_classes, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr,
         rel_weight=rel_weight, arc_epochs=arc_epochs, arc_weight=arc_weight, heldout=heldout, seed=seed,
         device=device, resume=resume, max_minutes=max_minutes, aug_strength=aug_strength,
-        steps_per_epoch=steps_per_epoch, init=init_path,
+        steps_per_epoch=steps_per_epoch, init=init_path, split_seed=split_seed, qat=qat,
     )
     if history:
         click.echo(f"final held-out cosine to teacher: {history[-1]['heldout_cos']:.4f}")
