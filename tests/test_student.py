@@ -276,6 +276,21 @@ def test_model_card_tool_writes_every_stage_from_the_json(tmp_path):
     assert "CFP-FF within 1.5 points of SFace INT8: NOT met (1.69 points behind)" in card
     assert "20.0x faster" in card and (bundle / "curve.png").stat().st_size > 1000
     assert "cfp-ff +0.19 points (float minus INT8), within 0.3 points" in card
+    # a last stage of quantisation-aware fine-tuning, judged against post-training INT8 of the weights before it
+    qat_history = json.loads((tmp_path / "history1.json").read_text())
+    (tmp_path / "history1.json").write_text(json.dumps([dict(h, qat=True) for h in qat_history]))
+    report["models"].append(model("student-ptq-int8-z", 0.9650, 0.7))
+    (tmp_path / "ff.json").write_text(json.dumps(report))
+    result = CliRunner().invoke(card_main, [str(bundle), "--eval", f"cfp-ff={tmp_path / 'ff.json'}",
+                                            "--bench", str(tmp_path / "bench.json"), *histories,
+                                            "--convert-command", "convert it", "--macs", "37029960",
+                                            "--params", "422184", "--note", "split shared"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "Stage 2 (quantisation-aware fine-tuning): 2 epochs" in card and "- split shared" in card
+    assert "| cfp-ff | student INT8 before QAT (post-training only) | 96.50 ± 1.00 | 70.00 |" in card
+    assert "within the 0.3-point trigger after quantisation-aware fine-tuning" in card
+    assert "QAT changed INT8 accuracy by cfp-ff +0.62 points" in card
     # a stage without its command is refused
     bad = CliRunner().invoke(card_main, [str(bundle), "--eval", f"cfp-ff={tmp_path / 'ff.json'}", "--bench",
                                          str(tmp_path / "bench.json"), "--history", str(tmp_path / "history0.json"),

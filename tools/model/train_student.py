@@ -477,7 +477,7 @@ def train(
         tcos = heldout_cosine(model, all_crops[fit_idx], all_targets[fit_idx, 0], size) if n_held else float("nan")
         record = {"epoch": epoch + 1, "step": step, "loss": running / max(done, 1), "heldout_cos": hcos,
                   "train_cos": tcos,
-                  "lr": lr_at(step), "arc": use_arc, "elapsed_s": elapsed_before + time.time() - started}
+                  "lr": lr_at(step), "arc": use_arc, "qat": qat, "elapsed_s": elapsed_before + time.time() - started}
         history.append(record)
         msg = (f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, held-out cos to teacher {hcos:.4f} "
                f"(clean training crops {tcos:.4f})")
