@@ -25,6 +25,7 @@ def _tiny(seed=0):
 
 
 def test_weight_rounding_is_tflite_per_channel_int8():
+    torch.manual_seed(0)
     w = torch.randn(6, 4, 3, 3) * torch.linspace(0.01, 2.0, 6).view(6, 1, 1, 1)
     q = WeightFakeQuant()(w)
     for c in range(6):
@@ -32,7 +33,8 @@ def test_weight_rounding_is_tflite_per_channel_int8():
         ref = np.clip(np.round(w[c].numpy() / scale), -127, 127) * scale
         np.testing.assert_allclose(q[c].numpy(), ref, rtol=1e-5, atol=1e-7)
         assert len(torch.unique(q[c])) <= 255
-    assert torch.equal(q.abs().amax(dim=(1, 2, 3)), w.abs().amax(dim=(1, 2, 3)))  # the largest weight is exact
+    # the largest weight is on the grid (up to float rounding of max / 127 * 127)
+    assert torch.allclose(q.abs().amax(dim=(1, 2, 3)), w.abs().amax(dim=(1, 2, 3)), rtol=1e-6, atol=0)
 
 
 def test_activation_rounding_uses_the_calibrated_range():

@@ -189,8 +189,11 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         "| protocol | model | accuracy % (mean ± std) | TAR@FAR1e-3 % |",
         "|---|---|---|---|",
     ]
+    order = ["student INT8", "student float (fp32 TFLite)", "SFace INT8"]  # then the rest as reported
     for protocol in ("cfp-ff", "cfp-fp"):
-        for label, r in results.get(protocol, {}).items():
+        rows = results.get(protocol, {})
+        for label in sorted(rows, key=lambda k: order.index(k) if k in order else len(order)):
+            r = rows[label]
             tar = r["tar_at_far_1e-3"]
             lines.append(f"| {protocol} | {label} | {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} | "
                          f"{100 * tar:.2f} |")
