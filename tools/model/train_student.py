@@ -308,20 +308,22 @@ def plot_curve(histories: list[list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax2 = ax.twinx()
     offset = 0
+    train_cos_labelled = False
     for i, history in enumerate(histories):
         epochs = [offset + h["epoch"] for h in history]
         ax.plot(epochs, [h["loss"] for h in history], "b-")
         ax2.plot(epochs, [h["heldout_cos"] for h in history], "r-", label="held-out crops" if i == 0 else None)
-        if all("train_cos" in h for h in history):
+        if all("train_cos" in h for h in history):  # older stages did not record it
             ax2.plot(epochs, [h["train_cos"] for h in history], "r:",
-                     label="clean training crops" if i == 0 else None)
+                     label=None if train_cos_labelled else "clean training crops")
+            train_cos_labelled = True
         if i:
             ax.axvline(offset + 0.5, color="gray", linestyle="--", linewidth=1)
         offset = epochs[-1]
     ax.set_xlabel("epoch" + (" (all stages)" if len(histories) > 1 else ""))
     ax.set_ylabel("train loss", color="b")
     ax2.set_ylabel("cosine to teacher", color="r")
-    ax2.legend(loc="lower right", fontsize=8)
+    ax2.legend(loc="center right", fontsize=8)
     ax.set_title("student distillation")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
