@@ -307,3 +307,33 @@ def test_readme_quotes_the_student_figures_of_its_eval_json():
     latency = results["latency_1_thread"]
     ratio = latency["SFace INT8"]["median_ms"] / latency["student INT8"]["median_ms"]
     assert f"{ratio:.0f}x faster" in row, row
+
+
+def test_train_student_command_from_a_pack_with_its_own_architecture(tmp_path):
+    """The CLI end to end on a pack: a chosen architecture, resume without repeating it, clear refusals."""
+    from click.testing import CliRunner
+
+    from tools.model.train_student import command, load_student, save_pack
+
+    crop_set = _fixture_crops()
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=(len(crop_set.crops), 2, 128)).astype(np.float32)
+    targets /= np.linalg.norm(targets, axis=2, keepdims=True)
+    pack = tmp_path / "pack.npz"
+    save_pack(pack, crop_set.crops, crop_set.paths, crop_set.identities, None, teacher=targets)
+    common = ["--pack", str(pack), "--out", str(tmp_path / "run"), "--input-size", "32", "--steps-per-epoch", "2",
+              "--batch-size", "4", "--heldout", "0.2", "--device", "cpu", "--no-export"]
+    runner = CliRunner()
+    result = runner.invoke(command, [*common, "--stages", "16x1,24x1,32x0", "--head", "32", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"student: [\d.]+M multiply-adds per face", result.output)
+    # resuming needs no architecture options: the checkpoint's own is used
+    result = runner.invoke(command, [*common, "--resume", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "architecture from" in result.output
+    model = load_student(tmp_path / "run" / "last.pt")
+    assert model.config.stages == [(16, 1), (24, 1), (32, 0)] and model.config.head == 32
+    bad = runner.invoke(command, [*common, "--stages", "64,128x3"])
+    assert bad.exit_code == 2 and "CHANNELSxBLOCKS" in bad.output
+    bad = runner.invoke(command, [*common, "--qat"])
+    assert bad.exit_code == 2 and "--init" in bad.output

@@ -64,7 +64,7 @@ class ActFakeQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self.observing:
             with torch.no_grad():
-                lo, hi = x.detach().min().float(), x.detach().max().float()
+                lo, hi = (v.float() for v in torch.aminmax(x.detach()))
                 if not bool(self.seen):
                     self.lo.copy_(lo)
                     self.hi.copy_(hi)

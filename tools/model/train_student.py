@@ -513,6 +513,24 @@ def load_student(path: Path, device: str = "cpu") -> Student:
 # -------------------------------------------------------------------------------------------- CLI
 
 
+def parse_stages(text: str) -> list[tuple[int, int]]:
+    """``"64x2,128x3,224x2"`` -> ``[(64, 2), (128, 3), (224, 2)]``."""
+    try:
+        stages = [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        stages = []
+    if not stages or any(len(st) != 2 or st[0] < 8 or st[1] < 0 for st in stages):
+        raise click.BadParameter(f"{text!r}: want CHANNELSxBLOCKS,... e.g. 64x2,128x3,224x2", param_hint="--stages")
+    return stages
+
+
+def _saved_config(path: Path) -> StudentConfig | None:
+    if not Path(path).is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return StudentConfig.from_dict(ckpt["config"]) if isinstance(ckpt, dict) and "config" in ckpt else None
+
+
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -534,6 +552,8 @@ def _device(name: str) -> str:
 @click.option("--limit", type=int, default=None, help="Use at most this many images (sampled with --seed).")
 @click.option("--input-size", default=112, show_default=True, help="Student input side (<=112).")
 @click.option("--width", default=1.0, show_default=True, help="Channel width multiplier.")
+@click.option("--stages", default=None, help="Inception stages as CHANNELSxBLOCKS,... (default: 64x2,128x3,224x2).")
+@click.option("--head", type=int, default=None, help="Channels of the 1x1 head before the GDC (default: 512).")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=None, help="Default: one pass over the training crops.")
 @click.option("--batch-size", default=256, show_default=True)
@@ -558,7 +578,7 @@ def _device(name: str) -> str:
               help="Where the teacher targets are cached (default: beside the crops / in OUT for a pack).")
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
 def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_path, cache_dir, limit, input_size, width,
-            epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
+            stages, head, epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
             split_seed, device, resume, max_minutes, init_path, qat, targets_cache, no_export):
     """Distil the float teacher (SFace) into the tiny Inception-style student."""
     from edge.bundle import sha256_file
@@ -572,6 +592,16 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
     device = _device(device)
     seed_everything(seed)
     config = StudentConfig(input_size=input_size, width=width)
+    if stages:
+        config.stages = parse_stages(stages)
+    if head:
+        config.head = head
+    source = out_dir / "last.pt" if resume else init_path
+    saved = _saved_config(source) if source is not None else None
+    if saved is not None and saved != config:
+        # A checkpoint's architecture wins: its weights only fit that network.
+        click.echo(f"architecture from {source}: {saved.to_dict()}")
+        config = saved
     info = count_macs(Student(config), input_size)
     click.echo(f"student: {info['macs'] / 1e6:.2f}M multiply-adds per face, {info['params'] / 1e6:.3f}M parameters, "
                f"input {input_size}x{input_size}")
