@@ -337,3 +337,23 @@ def test_train_student_command_from_a_pack_with_its_own_architecture(tmp_path):
     assert bad.exit_code == 2 and "CHANNELSxBLOCKS" in bad.output
     bad = runner.invoke(command, [*common, "--qat"])
     assert bad.exit_code == 2 and "--init" in bad.output
+
+
+def test_architecture_description_follows_the_config():
+    from tools.model.student import describe_architecture
+
+    lines = describe_architecture(StudentConfig(**TINY))
+    assert lines == [
+        "stem: 3x3/2 conv 3->8, depthwise 3x3, 1x1 8->16 (16x16)",
+        "reduction Inception 16->32 (8x8), 1 Inception-ResNet block of 32",
+        "reduction Inception 32->32 (4x4), 1 Inception-ResNet block of 32",
+        "reduction Inception 32->64 (2x2), 1 Inception-ResNet block of 64",
+        "head: 1x1 64->64, global depthwise 2x2 (GDC), linear 64->128 (+ folded BatchNorm)",
+    ]
+    # the GDC kernel is the real final resolution
+    model = Student(StudentConfig(**TINY))
+    assert model.gdc[0].kernel_size == (2, 2)
+    if (BUNDLE / "MODEL_CARD.md").is_file():
+        card = (BUNDLE / "MODEL_CARD.md").read_text()
+        config = StudentConfig.from_dict(json.loads((BUNDLE / "eval.json").read_text())["architecture"])
+        assert all(f"- {line}" in card for line in describe_architecture(config))

@@ -155,6 +155,25 @@ class Student(nn.Module):
         return F.normalize(self.forward(x), dim=1)
 
 
+def describe_architecture(config: StudentConfig) -> list[str]:
+    """One line per part of the network, with the channel counts and resolutions it really builds."""
+    w = config.width
+    stem, stem_out = _c(config.stem * w), _c(config.stem_out * w)
+    side = (config.input_size + 1) // 2
+    lines = [f"stem: 3x3/2 conv 3->{stem}, depthwise 3x3, 1x1 {stem}->{stem_out} ({side}x{side})"]
+    cin = stem_out
+    for cout, repeats in config.stages:
+        cout = _c(cout * w)
+        side = (side + 1) // 2
+        lines.append(f"reduction Inception {cin}->{cout} ({side}x{side}), {repeats} Inception-ResNet block"
+                     f"{'' if repeats == 1 else 's'} of {cout}")
+        cin = cout
+    head = _c(config.head * w)
+    lines.append(f"head: 1x1 {cin}->{head}, global depthwise {side}x{side} (GDC), linear {head}->"
+                 f"{config.embedding_size} (+ folded BatchNorm)")
+    return lines
+
+
 # Input normalisation of the student (and its manifest): RGB, (pixel - 127.5) / 128.
 INPUT_MEAN = 127.5
 INPUT_STD = 128.0

@@ -80,12 +80,15 @@ def latency(bench: dict) -> dict:
 @click.option("--command", "train_commands", multiple=True, required=True,
               help="The exact training command of each stage, in order.")
 @click.option("--convert-command", required=True)
-@click.option("--macs", type=int, required=True, help="Student MACs from tools.model.student.count_macs.")
-@click.option("--params", type=int, required=True)
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The training checkpoint: architecture, MACs and parameters are read from it "
+                   "(default: the StudentConfig() defaults).")
+@click.option("--macs", type=int, help="Student MACs (default: tools.model.student.count_macs of the architecture).")
+@click.option("--params", type=int, help="Student parameters (default: counted likewise).")
 @click.option("--device-note", "device_notes", multiple=True, help="Where each stage ran.")
 @click.option("--note", "notes", multiple=True, help="A remark on the training (no figures: those come from JSON).")
-def main(bundle, evals, bench_path, history_paths, train_commands, convert_command, macs, params, device_notes,
-         notes):
+def main(bundle, evals, bench_path, history_paths, train_commands, convert_command, checkpoint, macs, params,
+         device_notes, notes):
     pairs = [(e.split("=", 1)[0], Path(e.split("=", 1)[1])) for e in evals]
     results = collect(pairs)
     bench = json.loads(bench_path.read_text())
@@ -94,8 +97,21 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         raise click.UsageError("give one --command (and --device-note, if any) per --history")
     histories = [json.loads(Path(p).read_text()) for p in history_paths]
     manifest = json.loads((bundle / "manifest.json").read_text())
+    from .student import Student, StudentConfig, count_macs, describe_architecture
+
+    if checkpoint is not None:
+        import torch
+
+        config = StudentConfig.from_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"])
+    else:
+        config = StudentConfig()
+    if macs is None or params is None:
+        counted = count_macs(Student(config), config.input_size)
+        macs = counted["macs"] if macs is None else macs
+        params = counted["params"] if params is None else params
     results["macs"] = macs
     results["params"] = params
+    results["architecture"] = config.to_dict()
     results["latency_1_thread"] = lat
     results["bench_host"] = bench.get("host")
     stages = []
@@ -136,14 +152,11 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         "",
         "## Architecture",
         "",
-        "Tiny Inception-style network (tools/model/student.py, `StudentConfig()` defaults), ReLU6 everywhere, "
-        "BatchNorm folded into the convolutions for export:",
+        "Tiny Inception-style network (tools/model/student.py, "
+        + ("`StudentConfig()` defaults" if config == StudentConfig() else f"`StudentConfig(**{config.to_dict()})`")
+        + "), ReLU6 everywhere, BatchNorm folded into the convolutions for export:",
         "",
-        "- stem: 3x3/2 conv 3->16, depthwise 3x3, 1x1 16->32 (56x56)",
-        "- reduction Inception 32->64 (28x28), 2 Inception-ResNet blocks of 64",
-        "- reduction Inception 64->128 (14x14), 3 Inception-ResNet blocks of 128",
-        "- reduction Inception 128->224 (7x7), 2 Inception-ResNet blocks of 224",
-        "- head: 1x1 224->512, global depthwise 7x7 (GDC), linear 512->128 (+ folded BatchNorm)",
+        *[f"- {line}" for line in describe_architecture(config)],
         "",
         "An Inception block concatenates four branches - 1x1; 1x1 -> depthwise 3x3; 1x1 -> depthwise 3x3 -> "
         "depthwise 3x3 (double 3x3); 3x3 max-pool -> 1x1 - whose widths add up to the block's output, and adds "

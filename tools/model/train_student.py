@@ -552,7 +552,9 @@ def _device(name: str) -> str:
 @click.option("--limit", type=int, default=None, help="Use at most this many images (sampled with --seed).")
 @click.option("--input-size", default=112, show_default=True, help="Student input side (<=112).")
 @click.option("--width", default=1.0, show_default=True, help="Channel width multiplier.")
-@click.option("--stages", default=None, help="Inception stages as CHANNELSxBLOCKS,... (default: 64x2,128x3,224x2).")
+@click.option("--stages", default=None,
+              help="Inception stages as CHANNELSxBLOCKS,... (default: 64x2,128x3,224x2); a checkpoint given by "
+                   "--resume/--init keeps its own architecture.")
 @click.option("--head", type=int, default=None, help="Channels of the 1x1 head before the GDC (default: 512).")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=None, help="Default: one pass over the training crops.")
