@@ -357,3 +357,41 @@ def test_architecture_description_follows_the_config():
         card = (BUNDLE / "MODEL_CARD.md").read_text()
         config = StudentConfig.from_dict(json.loads((BUNDLE / "eval.json").read_text())["architecture"])
         assert all(f"- {line}" in card for line in describe_architecture(config))
+
+
+def test_mixup_blends_faces_and_asks_the_teacher_for_their_targets(tmp_path):
+    from tools.model.train_student import blend_faces, label_classes, train
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, 128)).eval()
+    x = torch.rand(6, 3, 112, 112) * 255
+    target = torch.nn.functional.normalize(torch.randn(6, 128), dim=1)
+    gen = torch.Generator().manual_seed(0)
+    same_x, same_t, none = blend_faces(x, target, teacher, 0.0, gen)
+    assert not none.any() and torch.equal(same_x, x) and torch.equal(same_t, target)
+    bx, bt, all_mixed = blend_faces(x, target, teacher, 1.0, gen)
+    assert all_mixed.all() and not torch.equal(bx, x)
+    assert float(bx.min()) >= float(x.min()) and float(bx.max()) <= float(x.max())  # convex blends
+    with torch.no_grad():
+        assert torch.allclose(bt, torch.nn.functional.normalize(teacher(bx), dim=1), atol=1e-5)
+
+    crop_set = _fixture_crops()
+    crops = crop_set.crops
+    with torch.no_grad():  # targets from the same teacher, so blended and plain crops agree
+        clean = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1])).permute(0, 3, 1, 2).float()
+        emb = torch.nn.functional.normalize(teacher(clean), dim=1)
+        mirrored = torch.nn.functional.normalize(teacher(clean.flip(-1)), dim=1)
+    targets = torch.stack([emb, mirrored], 1).numpy()
+    labels, classes = label_classes(crop_set.identities)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match="teacher"):
+        train(crops, targets, labels, classes, tmp_path / "none", StudentConfig(**TINY), epochs=1, mixup=0.5,
+              progress=False, steps_per_epoch=1, batch_size=4, heldout=0.0)
+    _, history = train(crops, targets, labels, classes, tmp_path / "mix", StudentConfig(**TINY), epochs=6,
+                       batch_size=8, lr=5e-3, heldout=0.0, seed=0, device="cpu", aug_strength=0.0, progress=False,
+                       steps_per_epoch=4, mixup=0.5, teacher=teacher, arc_epochs=2 if classes else 0)
+    assert len(calls) >= 20  # the teacher ran on (nearly) every step
+    losses = [h["loss"] for h in history]
+    assert losses[-1] < losses[0], losses

@@ -219,6 +219,26 @@ def augment(x: torch.Tensor, out_size: int, gen: torch.Generator, rng: np.random
     return x
 
 
+@torch.no_grad()
+def blend_faces(x: torch.Tensor, target: torch.Tensor, teacher: nn.Module, fraction: float,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace ``fraction`` of a batch of clean RGB 0..255 faces by blends of two (30-70 %) and
+    their targets by the teacher's embedding of the blend; returns (x, target, which were blended)."""
+    n, dev = x.shape[0], x.device
+    mixed = torch.rand(n, generator=gen, device=dev) < fraction
+    if not mixed.any():
+        return x, target, mixed
+    partner = x[torch.randperm(n, generator=gen, device=dev)]
+    lam = (0.3 + 0.4 * torch.rand(n, generator=gen, device=dev)).view(n, 1, 1, 1)
+    blend = lam[mixed] * x[mixed] + (1 - lam[mixed]) * partner[mixed]
+    with _autocast(dev):
+        emb = teacher(blend)
+    x, target = x.clone(), target.clone()
+    x[mixed] = blend
+    target[mixed] = F.normalize(emb.float(), dim=1)
+    return x, target, mixed
+
+
 def to_student_input(x: torch.Tensor) -> torch.Tensor:
     """RGB 0..255 float NCHW -> the student's normalised input (matches the bundle manifest)."""
     return (x - INPUT_MEAN) / INPUT_STD
@@ -355,12 +375,18 @@ def train(
     init: Path | None = None,
     split_seed: int | None = None,
     qat: bool = False,
+    mixup: float = 0.0,
+    teacher: nn.Module | None = None,
 ) -> tuple[Student, list[dict]]:
     """Distil into a fresh (or resumed) student; returns it and the per-epoch history.
 
     ``qat``: fine-tune the (``init``) student with INT8 rounding simulated (:mod:`tools.model.qat`);
     the held-out cosine is then the simulated INT8 network's.
+    ``mixup``: that fraction of each batch becomes pixel blends of two of its faces, whose targets
+    ``teacher`` (RGB 0..255 NCHW -> embedding) computes on the fly; they carry no identity label.
     """
+    if mixup > 0 and teacher is None:
+        raise ValueError("mixup needs the teacher to embed the blended faces")
     from tqdm import tqdm
 
     seed_everything(seed)
@@ -450,6 +476,9 @@ def train(
             x = crops_to_rgb(all_crops[idx])
             x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
             target = torch.where(mirror.view(-1, 1), all_targets[idx, 1], all_targets[idx, 0])
+            mixed = None
+            if mixup > 0:
+                x, target, mixed = blend_faces(x, target, teacher, mixup, gen)
             x = to_student_input(augment(x, size, gen, rng, aug_strength)).contiguous(memory_format=torch.channels_last)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -458,7 +487,7 @@ def train(
             loss, parts = distill_loss(emb, target, rel_weight)
             if use_arc:
                 lab = all_labels[idx]
-                ok = lab >= 0
+                ok = (lab >= 0) if mixed is None else (lab >= 0) & ~mixed
                 if ok.any():
                     arc_loss = arc(F.normalize(emb.float()[ok], dim=1), lab[ok])
                     loss = loss + arc_weight * arc_loss
@@ -574,6 +603,9 @@ def _device(name: str) -> str:
               help="Stop (and anneal the learning rate) by this wall time; runs cut short are not bit-reproducible.")
 @click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start from these student weights (a checkpoint or state dict) with a fresh schedule.")
+@click.option("--mixup", default=0.0, show_default=True,
+              help="Fraction of each batch replaced by blends of two faces, their targets computed by the teacher "
+                   "on the fly (more distinct inputs than the crops alone; the teacher runs every step: use a GPU).")
 @click.option("--qat", is_flag=True,
               help="Quantisation-aware fine-tuning of --init (or --resume) with INT8 rounding simulated.")
 @click.option("--targets-cache", type=click.Path(dir_okay=False, path_type=Path),
@@ -581,7 +613,7 @@ def _device(name: str) -> str:
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
 def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_path, cache_dir, limit, input_size, width,
             stages, head, epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
-            split_seed, device, resume, max_minutes, init_path, qat, targets_cache, no_export):
+            split_seed, device, resume, max_minutes, init_path, mixup, qat, targets_cache, no_export):
     """Distil the float teacher (SFace) into the tiny Inception-style student."""
     from edge.bundle import sha256_file
 
@@ -589,6 +621,8 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
 
     if input_size > 112:
         raise click.BadParameter("the student's input is at most 112x112", param_hint="--input-size")
+    if not 0.0 <= mixup <= 1.0:
+        raise click.BadParameter("a fraction of the batch, 0..1", param_hint="--mixup")
     if qat and init_path is None and not resume:
         raise click.UsageError("--qat fine-tunes a trained student: give --init (or --resume a QAT run)")
     device = _device(device)
@@ -639,21 +673,28 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
     if targets is None and cache_file.is_file():
         targets = np.load(cache_file)
         click.echo(f"teacher targets from {cache_file}")
+    teacher = None
+
+    def the_teacher():
+        nonlocal teacher
+        if teacher is None:
+            if teacher_bytes is not None:
+                tmp = out_dir / "teacher.onnx"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(teacher_bytes)
+                teacher = load_teacher(tmp, device)
+                tmp.unlink()
+            else:
+                teacher = load_teacher(teacher_path, device)
+        return teacher
+
     if targets is None:
-        if teacher_bytes is not None:
-            tmp = out_dir / "teacher.onnx"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(teacher_bytes)
-            teacher = load_teacher(tmp, device)
-            tmp.unlink()
-            targets = teacher_embeddings(teacher, crops, device, batch=256 if device == "cuda" else 16)
-        elif device == "cpu":  # OpenCV's DNN is several times faster than eager PyTorch here
+        if teacher_bytes is None and device == "cpu":  # OpenCV's DNN is several times faster than eager PyTorch
             from .teacher import teacher_embeddings_cv2
 
             targets = teacher_embeddings_cv2(teacher_path or default_teacher_path(), crops)
         else:
-            teacher = load_teacher(teacher_path, device)
-            targets = teacher_embeddings(teacher, crops, device, batch=256)
+            targets = teacher_embeddings(the_teacher(), crops, device, batch=256 if device == "cuda" else 16)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache_file, targets.astype(np.float16))
         click.echo(f"teacher targets cached in {cache_file}")
@@ -666,6 +707,7 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
         rel_weight=rel_weight, arc_epochs=arc_epochs, arc_weight=arc_weight, heldout=heldout, seed=seed,
         device=device, resume=resume, max_minutes=max_minutes, aug_strength=aug_strength,
         steps_per_epoch=steps_per_epoch, init=init_path, split_seed=split_seed, qat=qat,
+        mixup=mixup, teacher=the_teacher() if mixup > 0 else None,
     )
     if history:
         click.echo(f"final held-out cosine to teacher: {history[-1]['heldout_cos']:.4f}")
