@@ -11,7 +11,7 @@ from torch import nn  # noqa: E402
 from tools.model.qat import ActFakeQuant, WeightFakeQuant, calibrate, fake_quantisers, prepare_qat, strip_qat  # noqa: E402
 from tools.model.student import InceptionBlock, Student, StudentConfig, export_onnx, fold_batchnorm  # noqa: E402
 
-from .test_student import TINY, _fixture_crops  # noqa: E402
+from .test_student import TINY, _fixture_training_set  # noqa: E402
 
 
 def _tiny(seed=0):
@@ -88,14 +88,10 @@ def test_simulated_int8_is_close_to_float_but_rounded():
 
 
 def test_qat_fine_tuning_trains_resumes_and_exports(tmp_path):
-    from tools.model.train_student import label_classes, load_student, train
+    from tools.model.train_student import load_student, train
 
-    crop_set = _fixture_crops()
+    crop_set, targets, labels, classes = _fixture_training_set()
     crops = crop_set.crops
-    rng = np.random.default_rng(0)
-    targets = rng.normal(size=(len(crops), 2, 128)).astype(np.float32)
-    targets /= np.linalg.norm(targets, axis=2, keepdims=True)
-    labels, classes = label_classes(crop_set.identities)
     config = StudentConfig(**TINY)
     init = tmp_path / "init.pt"
     torch.save(_tiny().state_dict(), init)

@@ -78,15 +78,21 @@ def _fixture_crops(size=112):
     return build_crops([FACES], size=size, cache_dir=None, progress=False)
 
 
-def test_short_training_run_lowers_the_loss(tmp_path):
-    from tools.model.train_student import label_classes, load_student, train
+def _fixture_training_set():
+    """The fixture faces' crops with random unit teacher targets (crop and mirror) and identity labels."""
+    from tools.model.train_student import label_classes
 
     crop_set = _fixture_crops()
-    crops = crop_set.crops
-    rng = np.random.default_rng(0)
-    targets = rng.normal(size=(len(crops), 2, 128)).astype(np.float32)
+    targets = np.random.default_rng(0).normal(size=(len(crop_set.crops), 2, 128)).astype(np.float32)
     targets /= np.linalg.norm(targets, axis=2, keepdims=True)
-    labels, classes = label_classes(crop_set.identities)
+    return crop_set, targets, *label_classes(crop_set.identities)
+
+
+def test_short_training_run_lowers_the_loss(tmp_path):
+    from tools.model.train_student import load_student, train
+
+    crop_set, targets, labels, classes = _fixture_training_set()
+    crops = crop_set.crops
     config = StudentConfig(**TINY)
     model, history = train(crops, targets, labels, classes, tmp_path, config, epochs=6, batch_size=8, lr=5e-3,
                            heldout=0.0, seed=0, device="cpu", aug_strength=0.0, progress=False, steps_per_epoch=4,
@@ -315,10 +321,7 @@ def test_train_student_command_from_a_pack_with_its_own_architecture(tmp_path):
 
     from tools.model.train_student import command, load_student, save_pack
 
-    crop_set = _fixture_crops()
-    rng = np.random.default_rng(0)
-    targets = rng.normal(size=(len(crop_set.crops), 2, 128)).astype(np.float32)
-    targets /= np.linalg.norm(targets, axis=2, keepdims=True)
+    crop_set, targets, _, _ = _fixture_training_set()
     pack = tmp_path / "pack.npz"
     save_pack(pack, crop_set.crops, crop_set.paths, crop_set.identities, None, teacher=targets)
     common = ["--pack", str(pack), "--out", str(tmp_path / "run"), "--input-size", "32", "--steps-per-epoch", "2",

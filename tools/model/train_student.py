@@ -42,8 +42,8 @@ from .student import INPUT_MEAN, INPUT_STD, Student, StudentConfig, count_macs, 
 
 log = logging.getLogger(__name__)
 
-MAX_CLASS_SIZE = 1000
-QAT_CALIBRATION_CROPS = 512  # a "class" bigger than this is a folder of unlabelled images, not a person
+MAX_CLASS_SIZE = 1000  # a "class" bigger than this is a folder of unlabelled images, not a person
+QAT_CALIBRATION_CROPS = 512  # clean training crops that set the simulated INT8 ranges before QAT
 
 
 # ----------------------------------------------------------------------------------------- data
