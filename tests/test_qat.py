@@ -6,12 +6,25 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from tools.model.qat import ActFakeQuant, WeightFakeQuant, calibrate, fake_quantisers, prepare_qat, strip_qat  # noqa: E402
-from tools.model.student import InceptionBlock, Student, StudentConfig, export_onnx, fold_batchnorm  # noqa: E402
+from tools.model.qat import (
+    ActFakeQuant,
+    WeightFakeQuant,
+    calibrate,
+    fake_quantisers,
+    prepare_qat,
+    strip_qat,
+)
+from tools.model.student import (
+    InceptionBlock,
+    Student,
+    StudentConfig,
+    export_onnx,
+    fold_batchnorm,
+)
 
-from .test_student import TINY, _fixture_training_set  # noqa: E402
+from .test_student import TINY, _fixture_training_set
 
 
 def _tiny(seed=0):
