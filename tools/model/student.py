@@ -111,30 +111,38 @@ class StudentConfig:
         data["stages"] = [tuple(s) for s in data.get("stages", [])] or cls().stages
         return cls(**data)
 
+    def layout(self) -> dict:
+        """The channel counts (rounded by ``width``) and square resolutions the network is built with:
+        ``stem``, ``stem_out`` and ``stem_side``; ``stages`` as (channels, blocks, side); ``head``."""
+        w = self.width
+        side = (self.input_size + 1) // 2
+        out = {"stem": _c(self.stem * w), "stem_out": _c(self.stem_out * w), "stem_side": side, "stages": []}
+        for cout, repeats in self.stages:
+            side = (side + 1) // 2
+            out["stages"].append((_c(cout * w), repeats, side))
+        out["head"] = _c(self.head * w)
+        return out
+
 
 class Student(nn.Module):
     def __init__(self, config: StudentConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or StudentConfig()
-        w = config.width
-        stem, stem_out = _c(config.stem * w), _c(config.stem_out * w)
+        plan = config.layout()
+        stem, stem_out = plan["stem"], plan["stem_out"]
         self.stem = nn.Sequential(
             conv_bn(3, stem, 3, 2), conv_bn(stem, stem, 3, 1, groups=stem), conv_bn(stem, stem_out, 1)
         )
         blocks: list[nn.Module] = []
-        cin = stem_out
-        for cout, repeats in config.stages:
-            cout = _c(cout * w)
+        cin, side = stem_out, plan["stem_side"]
+        for cout, repeats, side in plan["stages"]:
             blocks.append(InceptionBlock(cin, cout, stride=2))
             for _ in range(repeats):
                 blocks.append(InceptionBlock(cout, cout, stride=1))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
-        head = _c(config.head * w)
+        head = plan["head"]
         self.head = conv_bn(cin, head, 1)
-        side = config.input_size
-        for _ in range(1 + len(config.stages)):
-            side = (side + 1) // 2
         self.gdc = conv_bn(head, head, side, 1, groups=head, act=False)
         self.gdc[0].padding = (0, 0)
         self.fc = nn.Linear(head, config.embedding_size, bias=False)
@@ -157,18 +165,15 @@ class Student(nn.Module):
 
 def describe_architecture(config: StudentConfig) -> list[str]:
     """One line per part of the network, with the channel counts and resolutions it really builds."""
-    w = config.width
-    stem, stem_out = _c(config.stem * w), _c(config.stem_out * w)
-    side = (config.input_size + 1) // 2
+    plan = config.layout()
+    stem, stem_out, side = plan["stem"], plan["stem_out"], plan["stem_side"]
     lines = [f"stem: 3x3/2 conv 3->{stem}, depthwise 3x3, 1x1 {stem}->{stem_out} ({side}x{side})"]
     cin = stem_out
-    for cout, repeats in config.stages:
-        cout = _c(cout * w)
-        side = (side + 1) // 2
+    for cout, repeats, side in plan["stages"]:
         lines.append(f"reduction Inception {cin}->{cout} ({side}x{side}), {repeats} Inception-ResNet block"
                      f"{'' if repeats == 1 else 's'} of {cout}")
         cin = cout
-    head = _c(config.head * w)
+    head = plan["head"]
     lines.append(f"head: 1x1 {cin}->{head}, global depthwise {side}x{side} (GDC), linear {head}->"
                  f"{config.embedding_size} (+ folded BatchNorm)")
     return lines

@@ -25,6 +25,7 @@ import click
 LABELS = {"student-int8": "student INT8", "student-fp32": "student float (fp32 TFLite)", "sface-int8": "SFace INT8",
           "student-ptq-int8": "student INT8 before QAT (post-training only)",
           "student-ptq-fp32": "student float before QAT"}
+BEFORE_QAT = LABELS["student-ptq-int8"]
 
 
 def _label(name: str) -> str:
@@ -229,10 +230,8 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         verdict = ("; still more than the 0.3-point trigger after quantisation-aware fine-tuning (the last "
                    "stage)." if over else ", within the 0.3-point trigger after quantisation-aware fine-tuning "
                    "(the last stage).")
-        before = {p: 100 * (results[p]["student INT8"]["accuracy_mean"]
-                            - results[p]["student INT8 before QAT (post-training only)"]["accuracy_mean"])
-                  for p in ("cfp-ff", "cfp-fp") if "student INT8 before QAT (post-training only)"
-                  in results.get(p, {}) and "student INT8" in results.get(p, {})}
+        before = {p: 100 * (results[p]["student INT8"]["accuracy_mean"] - results[p][BEFORE_QAT]["accuracy_mean"])
+                  for p in ("cfp-ff", "cfp-fp") if BEFORE_QAT in results.get(p, {}) and "student INT8" in results.get(p, {})}
         if before:
             verdict += (" Against post-training INT8 of the weights before that stage, QAT changed INT8 accuracy by "
                         + ", ".join(f"{p} {d:+.2f}" for p, d in before.items()) + " points.")
