@@ -106,12 +106,13 @@ def test_unlock_energises_the_relay_for_the_pulse_length(actuator_factory):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 def test_unlock_from_another_uid_is_refused(actuator_factory):
     a = actuator_factory(pulse_seconds=0.5).start()
+    group = os.stat(a.sock).st_gid  # the socket is 0660: a member of its group, like group edge on a Pi
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child becomes nobody and asks to unlock
         try:
             os.close(read_fd)
-            os.setgroups([])
+            os.setgroups([group])
             os.setgid(65534)
             os.setuid(65534)
             replies = [DoorClient(str(a.sock)).unlock("Mallory"), DoorClient(str(a.sock)).lock(),
@@ -283,3 +284,139 @@ def test_bad_door_config_keeps_the_actuator_down(tmp_path):
     result = subprocess.run([sys.executable, "-m", "edge.cli", "door", "-c", str(config)], env=edge_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 78 and "no such user 'no-such-user-here'" in result.stderr
+
+
+# -- the controller does not trust its numbers (config validation could be bypassed or broken) -------------
+class _FakeRelay:
+    def __init__(self):
+        self.is_on = False
+        self.ons = 0
+
+    def on(self):
+        self.is_on = True
+        self.ons += 1
+
+    def off(self):
+        self.is_on = False
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _controller(**door):
+    """A DoorController over a config that skipped validation (a plain namespace: any value goes)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from edge.config import DoorConfig
+    from edge.service.actuator import DoorController
+
+    cfg = SimpleNamespace(**{**dataclasses.asdict(DoorConfig()), **door})
+    relay, clock = _FakeRelay(), _Clock()
+    return DoorController(cfg, relay, clock=clock), relay, clock
+
+
+def _run(controller, clock, seconds, step=0.1):
+    for _ in range(round(seconds / step)):
+        clock.now += step
+        controller.tick()
+
+
+@pytest.mark.parametrize("pulse", [float("nan"), float("inf"), float("-inf"), 0.0, -3.0, "3", None])
+def test_an_unusable_pulse_never_energises_the_relay(pulse):
+    controller, relay, clock = _controller(pulse_seconds=pulse)
+    reply = controller.unlock({"person": "Ada"})
+    assert reply["ok"] is False and reply["error"] == "bad_config"
+    assert relay.ons == 0 and relay.is_on is False
+    _run(controller, clock, 1.0)
+    assert relay.ons == 0 and controller.status()["bad_pulse"] == 1
+
+
+@pytest.mark.parametrize("pulse", [31.0, 1e9, 1e308])
+def test_an_absurd_pulse_is_cut_to_the_maximum(pulse):
+    from edge.service.actuator import MAX_PULSE_SECONDS
+
+    controller, relay, clock = _controller(pulse_seconds=pulse)
+    reply = controller.unlock({"person": "Ada"})
+    assert reply == {"ok": True, "relay": True, "pulse_s": MAX_PULSE_SECONDS}
+    _run(controller, clock, MAX_PULSE_SECONDS - 0.5)
+    assert relay.is_on is True
+    _run(controller, clock, 1.0)
+    assert relay.is_on is False and controller.pulse_until is None
+
+
+def test_a_corrupted_deadline_or_clock_still_ends_the_pulse():
+    controller, relay, clock = _controller(pulse_seconds=3.0)
+    controller.unlock({})
+    controller.pulse_until = float("nan")  # whatever set it, NaN must end the pulse, not keep it
+    controller.tick()
+    assert relay.is_on is False
+    controller.unlock({})
+    controller.pulse_until = float("inf")
+    _run(controller, clock, 29.9)
+    assert relay.is_on is True
+    _run(controller, clock, 0.2)  # the hard cap from the pulse's start
+    assert relay.is_on is False
+    clock.now += 60
+    controller.unlock({})
+    clock.now = float("nan")
+    controller.tick()
+    assert relay.is_on is False
+
+
+def test_nan_limits_take_the_strict_end_of_their_range():
+    nan = float("nan")
+    controller, relay, clock = _controller(pulse_seconds=0.5, lockout_seconds=nan, flood_requests=nan,
+                                           flood_window_seconds=nan, max_unlocks_per_minute=nan,
+                                           open_grace_seconds=nan, left_open_seconds=nan)
+    limits = controller.limits
+    assert (limits.lockout_seconds, limits.flood_requests, limits.flood_window_seconds) == (3600.0, 2, 300.0)
+    assert (limits.max_unlocks_per_minute, limits.open_grace_seconds, limits.left_open_seconds) == (1, 0.0, 1.0)
+    # max_unlocks_per_minute=nan once meant no rate limit at all (len >= nan is false).
+    assert controller.unlock({})["ok"] is True
+    _run(controller, clock, 1.0)
+    assert controller.unlock({})["error"] == "rate_limited"
+    # A flood still locks out, and a NaN lockout_seconds still lasts (now < now + nan is false).
+    assert controller.unlock({})["error"] == "lockout"
+    clock.now += 3599
+    assert controller.unlock({})["error"] == "lockout"
+    assert controller.status()["lockouts"] == 1 and relay.is_on is False
+
+
+def test_out_of_range_limits_are_clamped_and_inf_lockout_ends():
+    controller, _relay, clock = _controller(pulse_seconds=0.5, lockout_seconds=float("inf"), flood_requests=3,
+                                           flood_window_seconds=-1.0, max_unlocks_per_minute=10_000)
+    assert controller.limits.lockout_seconds == 3600.0 and controller.limits.flood_window_seconds == 1.0
+    assert controller.limits.max_unlocks_per_minute == 60
+    for _ in range(4):
+        controller.unlock({})
+    assert controller.unlock({})["error"] == "lockout"
+    clock.now += 3601
+    assert controller.unlock({})["ok"] is True
+
+
+def test_the_flood_window_is_bounded_during_a_long_flood():
+    controller, relay, clock = _controller(pulse_seconds=0.5, flood_requests=5, flood_window_seconds=300.0)
+    for _ in range(100_000):
+        controller.unlock({})
+        clock.now += 0.001
+    assert len(controller._requests) == 6 and controller.status()["lockout_refused"] > 99_000
+    assert relay.is_on is False
+
+
+def test_nan_left_open_still_reports_the_door_left_open():
+    controller, _relay, clock = _controller(pulse_seconds=0.5, left_open_seconds=float("nan"),
+                                           open_grace_seconds=float("nan"))
+    events = []
+    controller._emit_to = lambda event, record: events.append(record["event_type"])
+    contact = type("C", (), {"closed": True})()
+    controller.contact, controller.door_closed = contact, True
+    contact.closed = False  # opened with no unlock: forced (a NaN grace must not excuse it)
+    controller.tick()
+    _run(controller, clock, 1.5)
+    assert events[:2] == ["door_forced", "door_left_open"]

@@ -41,8 +41,12 @@ def inherited_unix_listener() -> socket.socket | None:
     return None
 
 
-def bind_unix_listener(path: str | Path, mode: int = 0o666, backlog: int = 8) -> socket.socket:
-    """Bind a stream socket at ``path``, replacing a stale socket file (never another kind of file)."""
+def bind_unix_listener(path: str | Path, mode: int = 0o660, backlog: int = socket.SOMAXCONN) -> socket.socket:
+    """Bind a stream socket at ``path``, replacing a stale socket file (never another kind of file).
+
+    ``mode`` defaults to owner and group only: whoever can connect can hold the listener's connection
+    slots, so "everyone" (0666) must be asked for explicitly.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -18,9 +18,12 @@ has exactly one writer and the pulse end is a deadline, not a timer thread.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
+import math
 import os
+import pwd
 import selectors
 import signal
 import socket
@@ -32,6 +35,7 @@ from typing import Callable
 
 import click
 
+from ..config import DoorConfig
 from ..errors import ConfigError, EdgeError
 from .activation import PeerCred, bind_unix_listener, inherited_unix_listener, peer_cred, resolve_uid
 from .events import Event, Journal
@@ -40,9 +44,19 @@ from .protocol import MAX_LINE, OPS, ProtocolError, decode, encode
 
 log = logging.getLogger("edge.door")
 
-MAX_CONNECTIONS = 16
-CONNECTION_IDLE_SECONDS = 5.0
+# Connections are split by SO_PEERCRED at accept: anyone in the socket's group may ask for status, but
+# only the recognizer unlocks, so strangers get a small table of their own and a short life in it.  A
+# flood of idle connections from them then costs the recognizer nothing.
+MAX_RECOGNIZER_CONNECTIONS = 16
+MAX_STRANGER_CONNECTIONS = 4
+RECOGNIZER_IDLE_SECONDS = 5.0
+STRANGER_IDLE_SECONDS = 1.0
+LISTEN_BACKLOG = socket.SOMAXCONN  # what systemd's Backlog= defaults to
+ACCEPTS_PER_ROUND = 256  # bounded, so a connect storm cannot starve the pulse deadline either
 TICK_SECONDS = 0.1
+# The relay never stays on longer than this, whatever it is told: DoorConfig's upper bound for
+# pulse_seconds, repeated here because the process that holds the lock must not trust its input.
+MAX_PULSE_SECONDS = 30.0
 
 
 class DoorError(EdgeError):
@@ -119,6 +133,69 @@ class _Counters:
     forbidden: int = 0
     errors: int = 0
     lockouts: int = 0
+    bad_pulse: int = 0
+    connections_dropped: int = 0
+
+
+# For each limit, the end of its configured range that keeps the door shut or raises the alarm sooner:
+# what an unusable value (NaN, which fails every comparison, or one out of range) is replaced by.
+_STRICT_END = {
+    "max_unlocks_per_minute": "lo",
+    "flood_requests": "lo",
+    "flood_window_seconds": "hi",
+    "lockout_seconds": "hi",
+    "open_grace_seconds": "lo",
+    "left_open_seconds": "lo",
+}
+
+
+@dataclass(frozen=True)
+class DoorLimits:
+    """The controller's numbers, each finite and inside DoorConfig's range; ``pulse_seconds`` None: never energise."""
+
+    pulse_seconds: float | None
+    max_unlocks_per_minute: int
+    flood_requests: int
+    flood_window_seconds: float
+    lockout_seconds: float
+    open_grace_seconds: float
+    left_open_seconds: float
+
+    @classmethod
+    def of(cls, door) -> tuple[DoorLimits, list[str]]:
+        """Limits from a door config that may not have been validated; also what had to be replaced."""
+        meta = {f.name: f.metadata for f in dataclasses.fields(DoorConfig)}
+        problems: list[str] = []
+        values: dict = {}
+        for name, end in _STRICT_END.items():
+            lo, hi = meta[name]["lo"], meta[name]["hi"]
+            raw = getattr(door, name, None)
+            value = _number(raw)
+            if value is None:
+                value = lo if end == "lo" else hi
+                problems.append(f"door.{name}={raw!r:.40} is not a number: using {value:g}")
+            elif not lo <= value <= hi:
+                clamped = min(max(value, lo), hi)
+                problems.append(f"door.{name}={raw!r} is out of range [{lo:g}, {hi:g}]: using {clamped:g}")
+                value = clamped
+            values[name] = int(value) if isinstance(lo, int) else float(value)
+        raw = getattr(door, "pulse_seconds", None)
+        pulse = _number(raw)
+        if pulse is None or not math.isfinite(pulse) or pulse <= 0:
+            problems.append(f"door.pulse_seconds={raw!r:.40} is not a usable duration: unlocks refused")
+            pulse = None
+        elif pulse > MAX_PULSE_SECONDS:
+            problems.append(f"door.pulse_seconds={raw!r} is longer than {MAX_PULSE_SECONDS:g} s: using that")
+            pulse = MAX_PULSE_SECONDS
+        return cls(pulse_seconds=pulse, **values), problems
+
+
+def _number(value) -> float | None:
+    """``value`` as a float, None if it is not a number or NaN (inf is kept: clamping handles it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 class DoorController:
@@ -127,16 +204,24 @@ class DoorController:
     def __init__(self, door, relay: Relay, contact: Contact | None = None,
                  emit: Callable[[Event], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = door
+        # Config validation refuses NaN and out-of-range values, but this is the process that holds the
+        # lock: it checks again, and anything unusable becomes the strict end of its range.
+        self.limits, problems = DoorLimits.of(door)
+        for problem in problems:
+            log.error("%s", problem)
         self.relay = relay
         self.contact = contact
         self.clock = clock
         self._emit_to = emit or (lambda event, record: None)
         self.counters = _Counters()
         self.pulse_until: float | None = None
+        self.pulse_started: float | None = None
         self.last_pulse_end = float("-inf")
         self.lockout_until = float("-inf")
         self._pulses: collections.deque[float] = collections.deque()
-        self._requests: collections.deque[float] = collections.deque()
+        # Only the newest flood_requests + 1 matter (are they all inside the window?): bounded even
+        # while a flood keeps coming during the lockout.
+        self._requests: collections.deque[float] = collections.deque(maxlen=self.limits.flood_requests + 1)
         self._events: collections.deque[dict] = collections.deque(maxlen=256)
         self.seq = 0
         self.door_closed: bool | None = contact.closed if contact is not None else None
@@ -175,6 +260,7 @@ class DoorController:
             self.relay.off()
         finally:
             self.pulse_until = None
+            self.pulse_started = None
             self.emit("relay", f"relay off ({reason})", on=False, reason=reason)
 
     def fail_secure(self, reason: str) -> None:
@@ -185,43 +271,51 @@ class DoorController:
     # requests
     def unlock(self, request: dict) -> dict:
         now = self.clock()
+        limits = self.limits
         person = request.get("person") if isinstance(request.get("person"), str) else None
         self._requests.append(now)
-        while self._requests and now - self._requests[0] > self.cfg.flood_window_seconds:
+        # Comparisons are written so that NaN (a broken clock) lands on the refusing side.
+        while self._requests and not now - self._requests[0] <= limits.flood_window_seconds:
             self._requests.popleft()
-        if now < self.lockout_until:
+        if not now >= self.lockout_until:
             self.counters.lockout_refused += 1
             return {"ok": False, "error": "lockout", "retry_after": round(self.lockout_until - now, 3)}
-        if len(self._requests) > self.cfg.flood_requests:
+        if len(self._requests) > limits.flood_requests:
             self.counters.lockouts += 1
-            self.lockout_until = now + self.cfg.lockout_seconds
+            self.lockout_until = now + limits.lockout_seconds
             self.fail_secure("flood")
             self.emit("door_lockout",
-                      f"{len(self._requests)} unlock requests in {self.cfg.flood_window_seconds:g} s: relay off, "
-                      f"unlocks refused for {self.cfg.lockout_seconds:g} s",
-                      requests=len(self._requests), lockout_s=self.cfg.lockout_seconds)
+                      f"{len(self._requests)} unlock requests in {limits.flood_window_seconds:g} s: relay off, "
+                      f"unlocks refused for {limits.lockout_seconds:g} s",
+                      requests=len(self._requests), lockout_s=limits.lockout_seconds)
             self.counters.lockout_refused += 1
-            return {"ok": False, "error": "lockout", "retry_after": round(self.cfg.lockout_seconds, 3)}
+            return {"ok": False, "error": "lockout", "retry_after": round(limits.lockout_seconds, 3)}
         if self.pulse_until is not None:
             self.counters.already_on += 1
             return {"ok": True, "relay": True, "already_on": True, "remaining_s": round(self.pulse_until - now, 3)}
-        while self._pulses and now - self._pulses[0] > 60.0:
+        if limits.pulse_seconds is None or not math.isfinite(now):
+            self.counters.bad_pulse += 1
+            return {"ok": False, "error": "bad_config", "detail": "door.pulse_seconds is not a usable duration"}
+        while self._pulses and not now - self._pulses[0] <= 60.0:
             self._pulses.popleft()
-        if len(self._pulses) >= self.cfg.max_unlocks_per_minute:
+        if len(self._pulses) >= limits.max_unlocks_per_minute:
             self.counters.rate_limited += 1
             return {"ok": False, "error": "rate_limited", "retry_after": round(60.0 - (now - self._pulses[0]), 3)}
+        pulse = limits.pulse_seconds
         self._pulses.append(now)
-        self.pulse_until = now + self.cfg.pulse_seconds
+        self.pulse_started = now
+        self.pulse_until = now + pulse
         self.counters.unlocks += 1
         self.set_relay(True, "unlock")
-        self.emit("unlock", f"unlocked for {self.cfg.pulse_seconds:g} s" + (f" ({person})" if person else ""),
-                  person=person, pulse_s=self.cfg.pulse_seconds)
-        return {"ok": True, "relay": True, "pulse_s": self.cfg.pulse_seconds}
+        self.emit("unlock", f"unlocked for {pulse:g} s" + (f" ({person})" if person else ""),
+                  person=person, pulse_s=pulse)
+        return {"ok": True, "relay": True, "pulse_s": pulse}
 
     def lock(self) -> dict:
         if self.pulse_until is not None:
             self.last_pulse_end = self.clock()
             self.pulse_until = None
+            self.pulse_started = None
             self.set_relay(False, "lock request")
         return {"ok": True, "relay": self.relay.is_on}
 
@@ -248,15 +342,23 @@ class DoorController:
     def tick(self) -> float:
         """Advance deadlines and read the contact; returns the seconds until the next deadline."""
         now = self.clock()
-        if self.pulse_until is not None and now >= self.pulse_until:
+        if self.pulse_until is not None and self._pulse_over(now):
             self.pulse_until = None
+            self.pulse_started = None
             self.last_pulse_end = now
             self.set_relay(False, "pulse end")
         if self.contact is not None:
             self._watch_contact(now)
         if self.pulse_until is not None:
-            return max(0.0, min(TICK_SECONDS, self.pulse_until - now))
+            remaining = self.pulse_until - now
+            return 0.0 if math.isnan(remaining) else max(0.0, min(TICK_SECONDS, remaining))
         return TICK_SECONDS
+
+    def _pulse_over(self, now: float) -> bool:
+        # Written so that NaN anywhere (clock, deadline) ends the pulse; the second test caps it from its
+        # start, whatever pulse_until says.
+        started = now if self.pulse_started is None else self.pulse_started
+        return not now < self.pulse_until or not now - started < MAX_PULSE_SECONDS
 
     def _watch_contact(self, now: float) -> None:
         closed = self.contact.closed
@@ -268,15 +370,15 @@ class DoorController:
             else:
                 self._open_since = now
                 self._left_open_reported = False
-                expected = self.pulse_until is not None or now - self.last_pulse_end <= self.cfg.open_grace_seconds
+                expected = self.pulse_until is not None or now - self.last_pulse_end <= self.limits.open_grace_seconds
                 if expected:
                     self.emit("door_opened", "door opened after an unlock")
                 else:
                     self.emit("door_forced", "door opened without an unlock: forced open?")
         elif not closed and not self._left_open_reported and self._open_since is not None \
-                and now - self._open_since > self.cfg.left_open_seconds:
+                and not now - self._open_since <= self.limits.left_open_seconds:
             self._left_open_reported = True
-            self.emit("door_left_open", f"door open for more than {self.cfg.left_open_seconds:g} s",
+            self.emit("door_left_open", f"door open for more than {self.limits.left_open_seconds:g} s",
                       open_s=round(now - self._open_since, 1))
 
 
@@ -286,7 +388,12 @@ class _Connection:
     sock: socket.socket
     peer: PeerCred
     opened: float
+    stranger: bool
     buffer: bytes = b""
+
+    @property
+    def deadline(self) -> float:
+        return self.opened + (STRANGER_IDLE_SECONDS if self.stranger else RECOGNIZER_IDLE_SECONDS)
 
 
 @dataclass
@@ -313,25 +420,38 @@ class ActuatorServer:
             for key, _ in self.selector.select(timeout):
                 if key.data is None:
                     self._accept()
-                else:
+                elif self.connections.get(key.data.sock.fileno()) is key.data:  # not evicted this round
                     self._readable(key.data)
             self._expire_idle()
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        if len(self.connections) >= MAX_CONNECTIONS:
-            sock.close()
-            return
-        try:
-            peer = peer_cred(sock)
-        except OSError:
-            sock.close()
-            return
+        # Empty the backlog every round: the recognizer's connect may be queued behind a flood of others.
+        for _ in range(ACCEPTS_PER_ROUND):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and kin: keep serving those already connected
+                log.warning("door socket: accept failed: %s", exc)
+                return
+            try:
+                peer = peer_cred(sock)
+            except OSError:
+                sock.close()
+                continue
+            self._admit(sock, peer)
+
+    def _admit(self, sock: socket.socket, peer: PeerCred) -> None:
+        stranger = peer.uid != self.allowed_uid
+        limit = MAX_STRANGER_CONNECTIONS if stranger else MAX_RECOGNIZER_CONNECTIONS
+        same = [c for c in self.connections.values() if c.stranger == stranger]
+        if len(same) >= limit:
+            # The oldest goes: the recognizer asks as soon as it connects, so an old connection is a
+            # stale one, and a newcomer (an operator's --status) still gets its turn among strangers.
+            self._close(min(same, key=lambda c: c.opened))
+            self.controller.counters.connections_dropped += 1
         sock.setblocking(False)
-        conn = _Connection(sock, peer, time.monotonic())
+        conn = _Connection(sock, peer, time.monotonic(), stranger)
         self.connections[sock.fileno()] = conn
         self.selector.register(sock, selectors.EVENT_READ, conn)
 
@@ -346,7 +466,7 @@ class ActuatorServer:
     def _expire_idle(self) -> None:
         now = time.monotonic()
         for conn in list(self.connections.values()):
-            if now - conn.opened > CONNECTION_IDLE_SECONDS:
+            if now >= conn.deadline:
                 self._close(conn)
 
     def _readable(self, conn: _Connection) -> None:
@@ -434,7 +554,7 @@ class _EventWriter:
             self._file.close()
 
 
-def _listener(config) -> tuple[socket.socket, str]:
+def _listener(config, allowed_uid: int) -> tuple[socket.socket, str]:
     inherited = inherited_unix_listener()
     if inherited is not None:
         return inherited, "socket activation"
@@ -442,11 +562,32 @@ def _listener(config) -> tuple[socket.socket, str]:
     if not config.door.socket:
         raise ConfigError("door.socket is empty: edge door needs a socket path")
     try:
-        # Who may unlock is decided by SO_PEERCRED, not by file permissions; systemd's
-        # edge-door.socket additionally limits the socket to the edge group (0660).
-        return bind_unix_listener(path, mode=0o666), str(path)
+        # Who may unlock is decided by SO_PEERCRED; the file mode decides who may connect at all, and
+        # every connection costs the actuator a slot.  0660 like edge-door.socket: root and the socket's
+        # group, which is made the recognizer's so that it can reach the socket without anyone else.
+        sock = bind_unix_listener(path, mode=0o660, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         raise DoorError(f"cannot listen on {path}: {exc}") from exc
+    _give_to_recognizer_group(path, allowed_uid)
+    return sock, str(path)
+
+
+def _give_to_recognizer_group(path: Path, allowed_uid: int) -> None:
+    try:
+        gid = pwd.getpwuid(allowed_uid).pw_gid
+    except KeyError:
+        log.warning("door socket %s: uid %d has no passwd entry; the socket stays in group %d, mode 0660",
+                    path, allowed_uid, os.getegid())
+        return
+    if gid == os.stat(path).st_gid:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        # Not fatal: root still reaches it, and the operator may have made the recognizer a member.
+        log.warning("door socket %s: cannot give it to group %d (the recognizer's, uid %d): it stays in group "
+                    "%d, mode 0660; run edge-door.socket, or add the recognizer to that group",
+                    path, gid, allowed_uid, os.stat(path).st_gid)
 
 
 def force_off(config) -> None:
@@ -469,7 +610,7 @@ def run_actuator(config) -> int:
     try:
         contact = Contact(door.contact_pin, door.contact_pull_up) if door.contact_pin >= 0 else None
         controller = DoorController(door, relay, contact, writer)
-        listener, where = _listener(config)
+        listener, where = _listener(config, allowed_uid)
         bound = None if where == "socket activation" else Path(where)
         notifier = Notifier()
         server = ActuatorServer(listener, controller, allowed_uid, notifier,

@@ -17,12 +17,32 @@ class DoorClient:
         self.path = path
         self.timeout = timeout
 
+    def _connect(self, deadline: float) -> socket.socket:
+        # A socket with a timeout is non-blocking underneath, and a full listen backlog answers its connect
+        # with EAGAIN at once: another local user's connect storm must cost an unlock a short wait, not
+        # the unlock.  Each try takes a fresh socket.
+        delay = 0.001
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                sock.connect(self.path)
+                return sock
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + delay >= deadline:
+                    raise TimeoutError("the actuator's listen backlog stayed full") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 0.02)
+            except BaseException:
+                sock.close()
+                raise
+
     def request(self, message: dict) -> dict:
         deadline = time.monotonic() + self.timeout
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(self.path)
+            with self._connect(deadline) as sock:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
                 sock.sendall(encode(message))
                 buffer = b""
                 while b"\n" not in buffer:
@@ -36,7 +56,7 @@ class DoorClient:
             return decode(buffer.split(b"\n", 1)[0])
         except DoorUnavailable:
             raise
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise DoorUnavailable(f"actuator at {self.path} did not answer within {self.timeout:.2f} s") from exc
         except (OSError, ProtocolError) as exc:
             raise DoorUnavailable(f"actuator at {self.path}: {exc}") from exc

@@ -11,6 +11,11 @@ Requests (``op``):
   door-contact and actuation events, so the recognizer can copy them into its audit table.
 
 Lines are at most :data:`MAX_LINE` bytes; anything else closes the connection.
+
+Connections are short-lived: the actuator closes one a few seconds after it opened (one second for
+any uid but the recognizer's, which also share a handful of slots of their own), so a client opens a
+connection per request, as :class:`edge.service.lock_client.DoorClient` does.  ``unlock`` replies may
+also say ``"error": "bad_config"``: the actuator found its pulse length unusable and will not energise.
 """
 
 from __future__ import annotations
