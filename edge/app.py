@@ -75,6 +75,15 @@ def build_companions(config: Config, main_model_id: str) -> list[TFLiteEmbedder]
 def effective_threshold(config: Config, embedder: TFLiteEmbedder, override: float | None = None) -> float:
     override = config.decision.threshold if override is None else override
     if override > 0:
+        span = embedder.bundle.threshold_range
+        if span is not None and not span[0] <= override <= span[1]:
+            tuning = embedder.bundle.manifest.get("threshold", {})
+            log.warning(
+                "THRESHOLD OVERRIDE %.4f for %s is outside the range its tuning measured (L2 %.4f..%.4f on %s): %s",
+                override, embedder.model_id, span[0], span[1], tuning.get("source", "?"),
+                "impostors are accepted more often than any measured operating point allows" if override > span[1]
+                else "people will be turned away more often and its false-accept rate was never measured",
+            )
         return override
     tuned = embedder.bundle.threshold
     if tuned is None:
@@ -111,6 +120,8 @@ class Recognizer:
         self.threshold = effective_threshold(config, self.embedder)
         self.companions = build_companions(config, self.embedder.model_id)
         self.gallery = Gallery(config.gallery_path())
+        for model in (self.embedder, *self.companions):
+            self.gallery.adopt_model_id(model.legacy_model_id, model.model_id)
         if config.demo.enroll:
             added = enroll_demo_people(self.gallery, self.detector, self.embedder, self.companions)
             if added:
@@ -183,7 +194,8 @@ class Recognizer:
                     stats.last_decision = decision
                     if decision.outcome is Outcome.GRANTED:
                         stats.granted += 1
-                    log.info("decision: %s", decision.describe())
+                    # Debug only: edge run prints each decision and edge serve journals it as an event.
+                    log.debug("decision: %s", decision.describe())
                     # The door first: an unlock must not wait for (or die with) an audit write.
                     if on_decision is not None:
                         on_decision(decision)

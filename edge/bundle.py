@@ -3,12 +3,21 @@
 A bundle is a folder holding ``manifest.json`` and the file it names.  Loading
 checks the file's sha256 against the manifest before anything else touches it:
 a door unit refuses a tampered or half-copied model instead of running it.
+
+The manifest is part of the model: its threshold and input normalisation decide
+who is let in as much as the weights do.  It carries ``manifest_sha256``, the
+digest of its own canonical JSON, so a hand edit is refused like an edited model
+file; every tool writes manifests through :func:`write_manifest`, which seals
+them.  The ``model_id`` a gallery records covers the file *and* the input spec,
+so a re-sealed manifest that feeds the model differently never meets embeddings
+it did not make.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +27,12 @@ from .errors import ModelError, ModelIntegrityError
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edge-model-bundle/1"
 KINDS = ("embedder", "detector")
+SEAL = "manifest_sha256"
+_MODEL_ID_VERSION = "edge-model-id/2"
+
+
+def _is_distance(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= 2
 
 
 def sha256_file(path: Path) -> str:
@@ -53,14 +68,40 @@ class Bundle:
 
     @property
     def model_id(self) -> str:
-        """What a gallery records: embeddings from different files never mix."""
+        """What a gallery records: embeddings of different files or input specs never mix."""
+        return f"{self.name}:{embedding_identity(self.manifest)[:16]}"
+
+    @property
+    def legacy_model_id(self) -> str:
+        """The id galleries recorded before the input spec was part of it (file sha256 only)."""
         return f"{self.name}:{self.sha256[:16]}"
 
     @property
     def threshold(self) -> float | None:
+        value = self._tuning.get("l2")
+        if value is None:
+            return None
+        if not _is_distance(value):
+            raise ModelError(f"model bundle {self.root}: threshold.l2 {value!r} is not an L2 distance in (0, 2]")
+        return float(value)
+
+    @property
+    def threshold_range(self) -> tuple[float, float] | None:
+        """The L2 thresholds the bundle's tuning measured a false-accept rate for (lowest, highest)."""
+        span = self._tuning.get("supported_l2")
+        if span is None:
+            tuned = self.threshold
+            return None if tuned is None else (tuned, tuned)
+        if not (isinstance(span, list) and len(span) == 2 and all(map(_is_distance, span)) and span[0] <= span[1]):
+            raise ModelError(f"model bundle {self.root}: threshold.supported_l2 {span!r} is not [low, high]")
+        return float(span[0]), float(span[1])
+
+    @property
+    def _tuning(self) -> dict[str, Any]:
         tuned = self.manifest.get("threshold") or {}
-        value = tuned.get("l2")
-        return None if value is None else float(value)
+        if not isinstance(tuned, dict):
+            raise ModelError(f"model bundle {self.root}: 'threshold' is not a table")
+        return tuned
 
     @property
     def input_spec(self) -> dict[str, Any]:
@@ -69,6 +110,24 @@ class Bundle:
     @property
     def embedding_size(self) -> int | None:
         return self.manifest.get("embedding_size")
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own seal."""
+    return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k != SEAL})).hexdigest()
+
+
+def embedding_identity(manifest: dict[str, Any]) -> str:
+    """Digest of everything an embedding depends on: the model file and how its input is prepared."""
+    covered = {
+        "version": _MODEL_ID_VERSION, "sha256": manifest["sha256"], "kind": manifest["kind"],
+        "input": manifest.get("input", {}), "embedding_size": manifest.get("embedding_size"),
+    }
+    return hashlib.sha256(canonical_json(covered)).hexdigest()
 
 
 _REQUIRED = ("format", "name", "version", "kind", "file", "sha256", "licence")
@@ -91,9 +150,27 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise ModelError(f"model bundle {root}: format {manifest['format']!r}, expected {FORMAT!r}")
     if manifest["kind"] not in KINDS:
         raise ModelError(f"model bundle {root}: kind {manifest['kind']!r} is not one of {KINDS}")
-    if Path(manifest["file"]).name != manifest["file"]:
+    if not isinstance(manifest["file"], str) or Path(manifest["file"]).name != manifest["file"]:
         raise ModelError(f"model bundle {root}: 'file' must be a plain file name inside the bundle")
     return manifest
+
+
+def verify_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest whose content no longer matches its seal (edited by hand, or truncated)."""
+    sealed = manifest.get(SEAL)
+    if not isinstance(sealed, str):
+        raise ModelIntegrityError(
+            f"model bundle {root}: {MANIFEST_NAME} has no {SEAL} seal, so its threshold and input settings "
+            "cannot be trusted; rebuild the bundle with edge-model (convert/tune seal what they write)"
+        )
+    actual = manifest_digest(manifest)
+    if actual != sealed:
+        raise ModelIntegrityError(
+            f"model bundle {root}: {MANIFEST_NAME} fails its integrity check (content sha256 {actual[:16]}..., "
+            f"sealed {sealed[:16]}...): it was edited by hand or copied incompletely. Its threshold and input "
+            "normalisation decide who is let in, so it is refused like a modified model; reinstall the bundle, "
+            "or change thresholds in the config (decision.threshold) or with edge-model tune."
+        )
 
 
 def load_bundle(root: str | Path, expect_kind: str | None = None) -> Bundle:
@@ -102,6 +179,7 @@ def load_bundle(root: str | Path, expect_kind: str | None = None) -> Bundle:
     if not root.is_dir():
         raise ModelError(f"model bundle {root} does not exist")
     manifest = read_manifest(root)
+    verify_manifest(root, manifest)
     if expect_kind and manifest["kind"] != expect_kind:
         raise ModelError(f"model bundle {root} is a {manifest['kind']}, expected a {expect_kind}")
     model_path = root / manifest["file"]
@@ -117,12 +195,15 @@ def load_bundle(root: str | Path, expect_kind: str | None = None) -> Bundle:
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
-    """Write a manifest atomically (temp file + rename), filling sha256 and size from the file."""
+    """Write a manifest atomically (temp file + rename), filling sha256, size and the seal."""
     model_path = root / manifest["file"]
-    manifest = dict(manifest)
+    manifest = {k: v for k, v in manifest.items() if k != SEAL}
     manifest["format"] = FORMAT
     manifest["sha256"] = sha256_file(model_path)
     manifest["size_bytes"] = model_path.stat().st_size
+    # Round-trip first so the seal is computed over exactly what a reader will parse (floats, tuples).
+    manifest = json.loads(json.dumps(manifest))
+    manifest[SEAL] = manifest_digest(manifest)
     target = root / MANIFEST_NAME
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")

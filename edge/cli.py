@@ -117,16 +117,26 @@ def run(config_path, max_frames, as_json):
     and exits at the end of the replay.
     """
     from .app import Recognizer
+    from .service.events import decision_event
+    from .service.sinks import build_sinks
 
     config = _load(config_path)
     _setup_logging(config.log_level)
     started = time.monotonic()
     recognizer = Recognizer(config)
+    # The same [events] sinks as edge serve: a webhook or MQTT set up in the config is tried here first.
+    sinks = build_sinks(config.events)
+    if sinks:
+        log.info("publishing decisions to %s", ", ".join(type(s).__name__ for s in sinks))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
     def on_decision(decision):
+        if sinks:
+            payload = decision_event(decision).as_dict()
+            for sink in sinks:
+                sink.submit(payload)
         if as_json:
             click.echo(json.dumps({
                 "outcome": decision.outcome.value, "name": decision.name, "distance": decision.distance,
@@ -140,19 +150,33 @@ def run(config_path, max_frames, as_json):
         stats = recognizer.run(on_decision=on_decision, stop=stop, max_frames=max_frames)
     finally:
         recognizer.close()
+        for sink in sinks:
+            sink.close()
     log.info("%d frames, %d faces, %d decisions (%d granted), %.1f fps", stats.frames, stats.faces,
              stats.decisions, stats.granted, stats.fps)
 
 
 @main.command("check-config")
 @config_option
+@click.option("--for", "target", type=click.Choice(["recognizer", "door", "syntax"]), default="recognizer",
+              show_default=True,
+              help="What to verify beyond the file: the recognizer's models, gallery and camera source; the door "
+                   "actuator's user and GPIO library; or only the file itself.")
 @boundary
-def check_config(config_path):
-    """Validate the config and print the effective configuration (defaults filled in)."""
+def check_config(config_path, target):
+    """Validate the config, verify what start-up needs, and print the effective configuration.
+
+    The units run it as ExecStartPre=: a config that would fail at start
+    fails here with the same message and exit status.
+    """
     from .config import to_toml
+    from .preflight import check
 
     config = _load(config_path)
+    report = [] if target == "syntax" else check(config, target)
     click.echo(to_toml(config), nl=False)
+    for line in report:
+        click.echo(f"check-config: ok: {line}", err=True)
 
 
 @main.command()
@@ -199,26 +223,43 @@ def models(config_path):
     if config.gallery_path().exists():
         with Gallery(config.gallery_path(), create=False) as gallery:
             gallery_models = gallery.model_counts()
-    selected = {config.embedder.model, config.detector.model}
+    selected = {config.embedder.model, config.detector.model, config.embedder.confirm_model} - {""}
+    broken = []
+    installed: set[str] = set()
     for folder in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
+        error = None
         try:
             bundle = load_bundle(folder)
             state = "ok"
             model_id = bundle.model_id
             kind = bundle.kind
+            # A gallery enrolled before manifests were sealed records the legacy id until the next start.
+            ids = {model_id, bundle.legacy_model_id}
         except ModelError as exc:
+            error = exc
             state = f"INVALID: {exc}"
-            manifest = read_manifest(folder)
-            model_id, kind = manifest.get("name", folder.name), manifest.get("kind", "?")
+            try:
+                manifest = read_manifest(folder)
+                model_id, kind = manifest.get("name", folder.name), manifest.get("kind", "?")
+            except ModelError:
+                model_id, kind = folder.name, "?"
+            ids = {model_id}
+        installed |= ids
         marks = []
         if folder.name in selected:
             marks.append("selected")
-        if model_id in gallery_models:
-            marks.append(f"gallery: {gallery_models[model_id]} samples")
+            if error is not None:
+                broken.append(error)
+        samples = sum(gallery_models.get(i, 0) for i in ids)
+        if samples:
+            marks.append(f"gallery: {samples} samples")
         click.echo(f"{folder.name}\t{kind}\t{model_id}\t{state}" + (f"\t[{'; '.join(marks)}]" if marks else ""))
     for model_id, count in gallery_models.items():
-        if not any(model_id.split(":")[0] == p.name for p in root.iterdir()):
+        if model_id not in installed:
             click.echo(f"(gallery holds {count} samples of {model_id}, which is not installed)")
+    if broken:
+        # The unit would refuse to start on this bundle: say so in the exit status too.
+        raise broken[0]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ lock must not fall back to a default nobody chose.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import sys
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,25 @@ from .errors import ConfigError
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_MODELS_DIR = PACKAGE_DIR.parent / "models"
 DEMO_DIR = PACKAGE_DIR / "demo"
+
+
+def default_models_dir() -> Path:
+    """The checkout's ``models/`` in a source or editable install; else ``models/`` beside the venv.
+
+    A non-editable install (the appliance's ``/opt/edge/venv``) has no checkout
+    around its package; ``install.sh --pi`` puts the bundles in ``/opt/edge/models``,
+    next to the venv.  A bare ``site-packages/models`` is never taken: any
+    package may have put a folder of that name there.
+    """
+    if (PACKAGE_DIR.parent / "pyproject.toml").is_file():
+        return REPO_MODELS_DIR
+    return Path(sys.prefix).resolve().parent / "models"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a 50 MB config value must not be echoed into the journal."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
 
 
 def _field(default: Any, *, lo: float | None = None, hi: float | None = None, choices: tuple | None = None, doc: str = ""):
@@ -134,11 +155,11 @@ class DoorConfig:
         import re
 
         if len(self.socket.encode()) > _UNIX_PATH_MAX:
-            raise ConfigError(f"door.socket: {self.socket!r} is longer than {_UNIX_PATH_MAX} bytes (a unix socket path limit)")
+            raise ConfigError(f"door.socket: {shown(self.socket)} is longer than {_UNIX_PATH_MAX} bytes (a unix socket path limit)")
         if self.socket.startswith("@"):
             raise ConfigError("door.socket: abstract sockets ('@...') have no file permissions; use a path")
-        if not re.fullmatch(r"[a-z_][a-z0-9_-]*\$?|[0-9]+", self.recognizer_user):
-            raise ConfigError(f"door.recognizer_user: {self.recognizer_user!r} is not a user name or a numeric uid")
+        if len(self.recognizer_user) > 32 or not re.fullmatch(r"[a-z_][a-z0-9_-]*\$?|[0-9]+", self.recognizer_user):
+            raise ConfigError(f"door.recognizer_user: {shown(self.recognizer_user)} is not a user name or a numeric uid")
         if self.contact_pin == self.relay_pin:
             raise ConfigError(f"door.contact_pin: GPIO{self.contact_pin} is already door.relay_pin")
 
@@ -166,17 +187,17 @@ class EventsConfig:
         if self.webhook_url:
             parts = urlsplit(self.webhook_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"events.webhook_url: {self.webhook_url!r} is not an http:// or https:// URL with a host")
+                raise ConfigError(f"events.webhook_url: {shown(self.webhook_url)} is not an http:// or https:// URL with a host")
         if self.mqtt_host and (any(c.isspace() for c in self.mqtt_host) or "/" in self.mqtt_host):
-            raise ConfigError(f"events.mqtt_host: {self.mqtt_host!r} is not a host name or address")
+            raise ConfigError(f"events.mqtt_host: {shown(self.mqtt_host)} is not a host name or address")
         for key in ("mqtt_topic_prefix", "mqtt_discovery_prefix"):
             value = getattr(self, key)
             if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
-                raise ConfigError(f"events.{key}: {value!r} must not contain + or # or start/end with /")
+                raise ConfigError(f"events.{key}: {shown(value)} must not contain + or # or start/end with /")
         if not self.mqtt_topic_prefix:
             raise ConfigError("events.mqtt_topic_prefix: must not be empty")
         if not re.fullmatch(_NAME_RE, self.mqtt_node_id):
-            raise ConfigError(f"events.mqtt_node_id: {self.mqtt_node_id!r} may only hold letters, digits, _ and -")
+            raise ConfigError(f"events.mqtt_node_id: {shown(self.mqtt_node_id)} may only hold letters, digits, _ and -")
 
 
 @dataclass(frozen=True)
@@ -212,7 +233,8 @@ class Config:
     def resolved_models_dir(self) -> Path:
         if self.models_dir:
             return self._resolve(self.models_dir)
-        return Path(os.environ.get("EDGE_MODELS_DIR") or REPO_MODELS_DIR)
+        env = os.environ.get("EDGE_MODELS_DIR")
+        return Path(env) if env else default_models_dir()
 
     def model_path(self, value: str) -> Path:
         """A bare name is a bundle in models_dir; anything with a slash is a path."""
@@ -240,36 +262,40 @@ class Config:
 def _check_value(name: str, value: Any, hint: Any, meta: dict) -> Any:
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+            raise ConfigError(f"{name}: expected true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {shown(value)}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {shown(value)}")
         value = float(value)
+        # NaN fails every bound check (all comparisons are false) and inf passes one-sided ones:
+        # a nan pulse_seconds once held the relay on for good.
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: {shown(value)} is not a finite number")
     elif hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
+            raise ConfigError(f"{name}: expected a string, got {shown(value)}")
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     if lo is not None and value < lo or hi is not None and value > hi:
-        raise ConfigError(f"{name}: {value!r} is out of range [{lo}, {hi}]")
+        raise ConfigError(f"{name}: {shown(value)} is out of range [{lo}, {hi}]")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{name}: {shown(value)} is not one of {', '.join(map(str, choices))}")
     return value
 
 
 def _build(cls, data: Any, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f" in [{prefix}]" if prefix else ""
         raise ConfigError(
-            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}{where}; "
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(shown(k) for k in unknown)}{where}; "
             f"known keys: {', '.join(sorted(fields))}"
         )
     values = {}

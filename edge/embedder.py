@@ -32,6 +32,7 @@ class Embedder(abc.ABC):
     """Turns aligned face crops into L2-normalised embeddings."""
 
     model_id: str
+    legacy_model_id: str | None = None  # what galleries enrolled before manifest sealing recorded
     embedding_size: int
     input_size: int
 
@@ -71,6 +72,7 @@ class TFLiteEmbedder(Embedder):
             raise ModelError(f"{bundle.root} is a {bundle.kind}, not an embedder")
         self.bundle = bundle
         self.model_id = bundle.model_id
+        self.legacy_model_id = bundle.legacy_model_id
         self._spec = bundle.input_spec
         self.input_size = int(self._spec.get("width", 112))
         self._interpreter, self.runtime = load_interpreter(bundle.model_path, threads, runtime)

@@ -30,6 +30,12 @@ class ModelIntegrityError(ModelError):
     exit_code = 65  # EX_DATAERR
 
 
+class ModelFormatError(ModelError):
+    """A model file with a valid sha256 that the runtime cannot load: bad data, not a missing runtime."""
+
+    exit_code = 65  # EX_DATAERR
+
+
 class RuntimeShimError(ModelError):
     """No usable TFLite runtime (missing, or broken by the installed numpy)."""
 

@@ -25,8 +25,14 @@ def l2_distances(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
 
 
-def check_gallery_model(gallery: Gallery, model_id: str) -> None:
-    """Refuse to run a model on a gallery enrolled with a different one."""
+def check_gallery_model(gallery: Gallery, model_id: str, legacy_model_id: str | None = None) -> None:
+    """Refuse to run a model on a gallery enrolled with a different one.
+
+    ``legacy_model_id`` (the bundle's pre-manifest id) is relabelled first, so
+    old galleries migrate instead of being refused.
+    """
+    if legacy_model_id:
+        gallery.adopt_model_id(legacy_model_id, model_id)
     counts = gallery.model_counts()
     if counts and model_id not in counts:
         enrolled = ", ".join(f"{m} ({n} samples)" for m, n in counts.items())

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import RuntimeShimError
+from .errors import ModelFormatError, RuntimeShimError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,13 @@ def load_interpreter(model_path: str | Path, threads: int = 2, runtime: str = "a
                 f"tflite-runtime 2.14 cannot run under numpy {numpy.__version__}: it was built against "
                 f"numpy 1.x and fails when the interpreter is created ({type(exc).__name__}: {exc}). "
                 "Install numpy<2 (as Raspberry Pi OS bookworm ships, 1.24) or use ai-edge-litert."
+            ) from exc
+        if isinstance(exc, (ValueError, RuntimeError)):
+            # The runtime imported and ran; it is the file it refused (its sha256 may well match a
+            # manifest that was re-sealed over a broken or foreign file).
+            raise ModelFormatError(
+                f"{model_path} is not a model {name} can load ({type(exc).__name__}: {exc}); "
+                "reinstall the bundle or rebuild it with edge-model convert"
             ) from exc
         raise RuntimeShimError(f"{name} could not load {model_path}: {type(exc).__name__}: {exc}") from exc
     log.debug("loaded %s with %s, %d threads", model_path, name, threads)

@@ -67,7 +67,25 @@ boot_config() {
   done
 }
 
+# Before apt or anything else: the appliance needs 64-bit Raspberry Pi OS (bookworm).
+# On 32-bit there is no ai-edge-litert wheel; on plain Debian arm64 python3-picamera2 and
+# python3-lgpio do not exist, and the install would die half-way after apt.
+check_platform() {
+  local arch; arch="$(uname -m)"
+  if [ "$arch" != aarch64 ]; then
+    die "this needs 64-bit Raspberry Pi OS (bookworm); uname -m says $arch. On a 32-bit (armv7l) image there is
+no TFLite runtime wheel (ai-edge-litert is 64-bit only): flash 'Raspberry Pi OS (64-bit)' with Raspberry Pi Imager.
+For a dev/demo install on another machine use ./install.sh without --pi."
+  fi
+  if [ ! -f /etc/rpi-issue ] && ! apt-cache show python3-picamera2 >/dev/null 2>&1; then
+    die "this needs Raspberry Pi OS (64-bit, bookworm): this system has no Raspberry Pi apt repository
+(python3-picamera2 and python3-lgpio are not available here), so the camera and GPIO stack cannot be installed.
+For a dev/demo install on another machine use ./install.sh without --pi."
+  fi
+}
+
 install_pi() {
+  check_platform
   if [ -r /proc/device-tree/model ]; then
     say "device: $(tr -d '\0' </proc/device-tree/model)"
   else
@@ -116,7 +134,12 @@ install_pi() {
   else
     echo "   keeping the existing $ETC/edge.toml (the example is $PREFIX/firmware_config/edge.toml)"
   fi
-  "$PREFIX/venv/bin/edge" check-config -c "$ETC/edge.toml" >/dev/null || die "$ETC/edge.toml is invalid (see above)"
+  "$PREFIX/venv/bin/edge" check-config --for syntax -c "$ETC/edge.toml" >/dev/null || die "$ETC/edge.toml is invalid (see above)"
+  # The full check (models, gallery, camera) is the units' ExecStartPre; a camera that is not
+  # connected yet must not stop the install, but the operator should hear about it now.
+  if ! "$PREFIX/venv/bin/edge" check-config -c "$ETC/edge.toml" >/dev/null; then
+    warn "the recognizer will not start until the problem above is fixed (then: sudo systemctl restart edge-recognizer)"
+  fi
 
   # The operator types `sudo edge enroll add NAME` over SSH: the wrapper points every
   # command at the appliance's config (the embedded default is the demo).
@@ -157,8 +180,11 @@ WRAP
     systemctl daemon-reload
     systemctl enable edge-door.socket edge-door.service edge-recognizer.service
     systemctl start edge-door.socket
-    # Pick up the new code and units on a re-run; a first run just starts them.
-    systemctl restart edge-door.service edge-recognizer.service
+    # Pick up the new code and units on a re-run; a first run just starts them.  A unit that
+    # fails here (no camera connected yet, say) stays locked and must not abort the installer.
+    systemctl restart edge-door.service || warn "edge-door did not start: journalctl -u edge-door -n 20"
+    systemctl restart edge-recognizer.service || warn "edge-recognizer did not start (no camera connected yet?): \
+connect the camera, check 'edge check-config', then 'sudo systemctl restart edge-recognizer'; journalctl -u edge-recognizer -n 20"
     sleep 2
     systemctl --no-pager --lines=5 status edge-recognizer.service edge-door.service || true
   else

@@ -6,7 +6,7 @@ import types
 import pytest
 
 from edge import runtime
-from edge.errors import RuntimeShimError
+from edge.errors import ModelFormatError, RuntimeShimError
 
 from .conftest import MODELS
 
@@ -38,11 +38,20 @@ def test_tflite_runtime_under_numpy2_gets_an_actionable_message(monkeypatch, tmp
         runtime.load_interpreter(tmp_path / "model.tflite", runtime="tflite-runtime")
 
 
-def test_tflite_runtime_other_failures_are_reported_as_such(monkeypatch, tmp_path):
+def test_a_file_the_runtime_refuses_is_a_data_error_not_a_missing_runtime(monkeypatch, tmp_path):
     fake_tflite_runtime(monkeypatch, ValueError("Could not open 'model.tflite'"))
     monkeypatch.setattr(runtime, "_numpy_major", lambda: 1)
-    with pytest.raises(RuntimeShimError, match="tflite-runtime could not load .*Could not open"):
+    with pytest.raises(ModelFormatError, match="not a model tflite-runtime can load .*Could not open") as caught:
         runtime.load_interpreter(tmp_path / "model.tflite", runtime="tflite-runtime")
+    assert caught.value.exit_code == 65
+
+
+def test_a_broken_runtime_is_reported_as_such(monkeypatch, tmp_path):
+    fake_tflite_runtime(monkeypatch, AttributeError("module has no attribute 'Interpreter'"))
+    monkeypatch.setattr(runtime, "_numpy_major", lambda: 1)
+    with pytest.raises(RuntimeShimError, match="tflite-runtime could not load .*no attribute") as caught:
+        runtime.load_interpreter(tmp_path / "model.tflite", runtime="tflite-runtime")
+    assert caught.value.exit_code == 69
 
 
 def test_unknown_or_missing_runtime(monkeypatch):

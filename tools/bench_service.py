@@ -35,11 +35,6 @@ sys.path.insert(0, str(ROOT))
 REPLAY = ROOT / "edge" / "demo" / "replay"
 
 
-def _threshold() -> float:
-    manifest = json.loads((ROOT / "models" / "sface-int8" / "manifest.json").read_text())
-    return manifest.get("threshold") or 1.128
-
-
 def _toml(path: Path, sections: dict) -> Path:
     lines = [f"{k} = {json.dumps(v)}" for k, v in sections.items() if not isinstance(v, dict)]
     for name, table in sections.items():
@@ -85,7 +80,8 @@ def latency(work: Path, runs: int, fps: float) -> dict:
         config = _toml(work / "serve.toml", {
             "state_dir": str(work / "state"),
             "camera": {"source": "fake", "path": str(script), "fps": fps},
-            "decision": {"threshold": _threshold(), "cooldown_seconds": 0.0},
+            # No threshold key: the bundle's own tuned one, as on a door.
+            "decision": {"cooldown_seconds": 0.0},
             "demo": {"enroll": True},
             "door": {"socket": str(door_sock), "recognizer_user": str(os.getuid())},
             "log_level": "warning",
@@ -143,7 +139,6 @@ def resources(work: Path, script_text: str, fps: float, seconds: float) -> dict:
     config = _toml(work / "res.toml", {
         "state_dir": str(work / "state"),
         "camera": {"source": "fake", "path": str(script), "fps": fps},
-        "decision": {"threshold": _threshold()},
         "demo": {"enroll": True},
         "door": {"socket": ""},
         "log_level": "warning",

@@ -42,6 +42,14 @@ class FrameSource(abc.ABC):
     def from_config(cls, config) -> "FrameSource":
         ...
 
+    @classmethod
+    def check(cls, config) -> str:
+        """What ``edge check-config`` can verify without opening the camera; raises CameraError.
+
+        Returns a one-line description of the source for the check's report.
+        """
+        return cls.name
+
     @abc.abstractmethod
     def start(self) -> None:
         ...

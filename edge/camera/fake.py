@@ -94,6 +94,11 @@ class FakeSource(FrameSource):
                 raise ConfigError(f"fake camera script {path}:{number}: {exc}") from exc
         return cls(images, after=after, stall_seconds=stall, lores_width=lores_width, fps=fps)
 
+    @classmethod
+    def check(cls, config) -> str:
+        source = cls.from_config(config)  # parses the script and loads its images
+        return f"fake camera, {len(source.images)} frames then {source.after}"
+
     def start(self) -> None:
         if self.fail_start:
             raise CameraError("fake camera: configured to fail at start")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
+from pathlib import Path
 
 import cv2
 
@@ -29,6 +32,22 @@ class OpenCVSource(FrameSource):
     def from_config(cls, config) -> "OpenCVSource":
         c = config.camera
         return cls(config.camera_path() or "0", c.width, c.height, c.lores_width, c.read_timeout)
+
+    @classmethod
+    def check(cls, config) -> str:
+        target = config.camera_path() or "0"
+        # A device node must exist now; a stream URL can only be proven by opening it.
+        device = Path(f"/dev/video{target}") if target.isdigit() else Path(target)
+        if target.isdigit() or target.startswith("/dev/"):
+            if not device.exists():
+                raise CameraError(f"camera {device} does not exist (is the USB camera plugged in?)")
+            if not stat.S_ISCHR(device.stat().st_mode):
+                raise CameraError(f"camera {device} is not a video device")
+            if not os.access(device, os.R_OK | os.W_OK):
+                raise CameraError(f"camera {device}: no permission (is this user in the video group?)")
+        elif "://" not in target and not device.is_file():
+            raise CameraError(f"camera {target!r} is neither a device, a stream URL nor an existing video file")
+        return f"opencv {target}"
 
     def start(self) -> None:
         target: int | str = int(self.target) if self.target.isdigit() else self.target

@@ -34,6 +34,17 @@ class Picamera2Source(FrameSource):
         c = config.camera
         return cls(c.width, c.height, c.lores_width)
 
+    @classmethod
+    def check(cls, config) -> str:
+        import importlib.util
+
+        if importlib.util.find_spec("picamera2") is None:
+            raise CameraError(
+                "camera.source = picamera2 but picamera2 is not importable: on Raspberry Pi OS run "
+                "'sudo apt install python3-picamera2' and use a venv made with --system-site-packages"
+            )
+        return "picamera2"
+
     def start(self) -> None:
         try:
             from picamera2 import Picamera2  # apt: python3-picamera2

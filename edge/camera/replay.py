@@ -34,6 +34,16 @@ class ReplaySource(FrameSource):
     def from_config(cls, config) -> "ReplaySource":
         return cls(config.camera_path(), config.camera.fps, config.camera.loop, config.camera.lores_width)
 
+    @classmethod
+    def check(cls, config) -> str:
+        path = Path(config.camera_path())
+        if path.is_dir():
+            if not any(is_image_file(p) for p in path.iterdir()):
+                raise CameraError(f"replay folder {path} holds no images")
+        elif not path.is_file():
+            raise CameraError(f"replay source {path} does not exist")
+        return f"replay {path}"
+
     def start(self) -> None:
         if self.path.is_dir():
             self._files = sorted(p for p in self.path.iterdir() if is_image_file(p))

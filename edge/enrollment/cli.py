@@ -399,9 +399,10 @@ def import_(config_path, source, merge, skip_existing):
     from .transfer import import_gallery
 
     config = _config(config_path)
-    model_id = load_bundle(config.model_path(config.embedder.model), expect_kind="embedder").model_id
+    bundle = load_bundle(config.model_path(config.embedder.model), expect_kind="embedder")
     with Gallery(config.gallery_path()) as gallery:
-        counts = import_gallery(gallery, source, model_id, merge=merge, skip_existing=skip_existing)
+        counts = import_gallery(gallery, source, bundle.model_id, merge=merge, skip_existing=skip_existing,
+                                legacy_model_id=bundle.legacy_model_id)
     click.echo(f"imported {counts['people']} people ({counts['new_people']} new), {counts['samples']} samples, "
                f"{counts['crops']} crops; skipped {counts['skipped_people']} people, "
                f"{counts['skipped_samples']} samples already here")

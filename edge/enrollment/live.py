@@ -134,7 +134,7 @@ def start_session(gallery: Gallery, name: str, wanted: int, config, embedder: Em
     from ..matcher import check_gallery_model
 
     name = validate_name(name)
-    check_gallery_model(gallery, embedder.model_id)
+    check_gallery_model(gallery, embedder.model_id, embedder.legacy_model_id)
     t = Thresholds.from_config(config.enrollment)
     guard = SessionGuard(name, gallery.matrix(embedder.model_id), threshold, t, allow_lookalike)
     return LiveEnrollment(name, wanted, t, guard, embedder, min_interval=config.enrollment.min_sample_interval,

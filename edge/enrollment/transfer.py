@@ -114,18 +114,21 @@ def read_export(path: Path) -> tuple[dict, dict]:
 
 
 def import_gallery(gallery: Gallery, source: Path, model_id: str, *, merge: bool = False,
-                   skip_existing: bool = False, with_crops: bool = True) -> dict:
-    """Import an export file into ``gallery`` in one transaction; returns counts."""
+                   skip_existing: bool = False, with_crops: bool = True, legacy_model_id: str | None = None) -> dict:
+    """Import an export file into ``gallery`` in one transaction; returns counts.
+
+    Samples exported under the bundle's ``legacy_model_id`` are imported under ``model_id``.
+    """
     from ..matcher import check_gallery_model
 
     _, document = read_export(source)
     models = set(document.get("models", [])) | {s["model_id"] for p in document["people"] for s in p["samples"]}
-    foreign = sorted(models - {model_id})
+    foreign = sorted(models - {model_id, legacy_model_id})
     if foreign:
         raise TransferError(
             f"{source}: exported with {', '.join(foreign)}, but this unit runs {model_id}; embeddings of "
             "different models cannot be compared. Nothing was imported.")
-    check_gallery_model(gallery, model_id)
+    check_gallery_model(gallery, model_id, legacy_model_id)
     counts = {"people": 0, "new_people": 0, "samples": 0, "crops": 0, "skipped_people": 0, "skipped_samples": 0}
     now = time.time()
     with gallery._transaction():
@@ -160,7 +163,7 @@ def import_gallery(gallery: Gallery, source: Path, model_id: str, *, merge: bool
                 except Exception as exc:
                     raise TransferError(f"{source}: a sample of {name} does not decode ({exc}); nothing imported") from exc
                 record = {k: s.get(k) for k in SAMPLE_FIELDS}
-                record.update(person_id=pid, embedding=blob)
+                record.update(person_id=pid, embedding=blob, model_id=model_id)
                 gallery.db["samples"].insert(record)
                 counts["samples"] += 1
             if with_crops:

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 MAX_FAR = 0.1
 MIN_GENUINE = 20  # below this the recorded TAR is a rough estimate
+# The operating points recorded beside the chosen one; their span is the range of
+# thresholds this tuning can vouch for (edge warns about a configured override outside it).
+CURVE_FARS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
 def choose_threshold(genuine: np.ndarray, impostor: np.ndarray, far: float) -> dict:
@@ -65,6 +68,11 @@ def choose_threshold(genuine: np.ndarray, impostor: np.ndarray, far: float) -> d
         )
     if genuine.size < MIN_GENUINE:
         warnings.append(f"only {genuine.size} genuine pairs: the TAR is a rough estimate")
+    curve = [
+        {"far": point, "l2": (l2 := metrics.threshold_at_far(impostor, point)), "tar": float((genuine <= l2).mean())}
+        for point in sorted({*CURVE_FARS, far}, reverse=True)
+        if impostor.size >= metrics.min_impostors_for(point) or point == far
+    ]
     return {
         "l2": threshold,
         "far": far,
@@ -74,6 +82,8 @@ def choose_threshold(genuine: np.ndarray, impostor: np.ndarray, far: float) -> d
         "impostor_pairs": int(impostor.size),
         "min_impostor_pairs": needed,
         "rule": "largest L2 with impostor acceptance <= far; accept when L2 <= l2",
+        "curve": curve,
+        "supported_l2": [min(p["l2"] for p in curve), max(p["l2"] for p in curve)],
         "warnings": warnings,
     }
 
