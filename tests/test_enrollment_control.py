@@ -276,3 +276,108 @@ def test_rejection_reasons_reach_the_client_through_the_socket(tmp_path, short_d
     assert [e["event"] for e in events][-2:] == ["accepted", "done"]
     with Gallery(config.gallery_path()) as gallery:
         assert gallery.people()[0].name == "Visitor" and gallery.people()[0].samples == 1
+
+
+# -- robustness: strangers, floods, malformed and slow requests ---------------------------------------------
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uid")
+def test_refusal_warnings_are_rate_limited_with_a_count(tmp_path, short_dir, caplog):
+    import logging
+
+    config = load_config(write_config(tmp_path, short_dir))
+    server = ControlServer(config, _Embedder(), lambda: 1.0, mode=0o666, group="4242").start()
+    clock = SimpleNamespace(now=100.0)
+    server._refusal_log.clock = lambda: clock.now
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.enrollment.control"):
+            assert [_in_child(server.path, 12345, 12345, []) for _ in range(5)] == [0] * 5
+            refused = [r.getMessage() for r in caplog.records if "refused uid" in r.getMessage()]
+            assert len(refused) == 1 and "more refused" not in refused[0]
+            clock.now += 10.5
+            assert _in_child(server.path, 12345, 12345, []) == 0
+            refused = [r.getMessage() for r in caplog.records if "refused uid" in r.getMessage()]
+            assert len(refused) == 2 and "(4 more refused since the last warning)" in refused[1]
+    finally:
+        server.stop()
+
+
+def _lines(sock) -> list[dict]:
+    import json
+
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def test_a_slow_request_times_out_as_a_whole(tmp_path, short_dir):
+    """A byte now and then used to keep a connection (and its thread) for as long as the client liked."""
+    import socket
+
+    config = load_config(write_config(tmp_path, short_dir))
+    server = ControlServer(config, _Embedder(), lambda: 1.0, request_timeout=1.0).start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(server.path))
+            started = time.monotonic()
+            try:
+                for byte in b'{"op": "ping"':
+                    s.send(bytes([byte]))
+                    time.sleep(0.2)
+            except BrokenPipeError:
+                pass
+            replies = _lines(s)
+            assert time.monotonic() - started < 4
+        assert [r.get("code") for r in replies] == ["timeout"]
+        with ControlClient(server.path) as client:
+            assert next(client.request({"op": "ping"}))["event"] == "pong"
+    finally:
+        server.stop()
+
+
+def test_connections_past_the_cap_are_refused_busy_in_process(tmp_path, short_dir):
+    import socket
+
+    config = load_config(write_config(tmp_path, short_dir))
+    server = ControlServer(config, _Embedder(), lambda: 1.0, max_connections=2, request_timeout=30.0).start()
+    idle = []
+    try:
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(server.path))
+            idle.append(s)
+        deadline = time.monotonic() + 5
+        while server._slots._value and time.monotonic() < deadline:  # both admitted
+            time.sleep(0.01)
+        with ControlClient(server.path) as client:
+            events = list(client.request({"op": "ping"}))
+        assert events[0]["event"] == "error" and events[0]["code"] == "busy"
+        idle.pop().close()  # a slot frees when its client leaves
+        deadline = time.monotonic() + 5
+        while not server._slots._value and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with ControlClient(server.path) as client:
+            assert next(client.request({"op": "ping"}))["event"] == "pong"
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+
+
+def test_the_throttle_counts_what_it_held_back():
+    from edge.enrollment.control import _Throttle
+
+    clock = SimpleNamespace(now=0.0)
+    throttle = _Throttle(10.0, clock=lambda: clock.now)
+    assert throttle() == 0
+    assert [throttle() for _ in range(3)] == [None] * 3
+    clock.now = 9.9
+    assert throttle() is None
+    clock.now = 10.0
+    assert throttle() == 4 and throttle() is None

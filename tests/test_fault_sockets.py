@@ -289,3 +289,171 @@ def test_the_door_client_waits_out_a_full_backlog(tmp_path):
         for s in filler:
             s.close()
         listener.close()
+
+
+# -- 3. the enrollment control socket of the running recognizer ----------------------------------------
+SFACE = ROOT / "models" / "sface-int8"
+REPLAY = ROOT / "edge" / "demo" / "replay"
+
+
+class _Recognizer:
+    """``edge serve`` on the fake camera (the demo replay, then a stall), with its control socket."""
+
+    def __init__(self) -> None:
+        self.folder = world_dir()
+        (self.folder / "camera.script").write_text(f"images {REPLAY}\nstall 600\n")
+        self.sock = self.folder / "control.sock"
+        self.log_path = self.folder / "serve.log"
+        self.config = write_toml(self.folder / "edge.toml", {
+            "state_dir": str(self.folder / "state"),
+            "camera": {"source": "fake", "path": "camera.script", "fps": 20.0},
+            "decision": {"threshold": 1.128},
+            "demo": {"enroll": True},
+            "door": {"socket": ""},
+            "enrollment": {"socket_path": str(self.sock)},
+        })
+        self.proc = start_edge(["serve", "-c", str(self.config)], edge_env(), self.log_path)
+        wait_for_socket(self.sock, timeout=90)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def threads(self) -> int:
+        import psutil
+
+        return psutil.Process(self.proc.pid).num_threads()
+
+    def ping(self) -> dict:
+        from edge.enrollment.control import ControlClient
+
+        with ControlClient(self.sock, timeout=5.0) as client:
+            return next(client.request({"op": "ping"}))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    if not (SFACE / "manifest.json").is_file():
+        pytest.skip("models/sface-int8 is not built")
+    pytest.importorskip("psutil")
+    r = _Recognizer()
+    yield r
+    r.close()
+
+
+def _raw_request(path: Path, payload: bytes, timeout: float = 5.0) -> list[dict]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(payload)
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("payload", [b"[]", b"null", b"3", b'"x"', b"not json", b"\xff\xfe", b"[" * 60000,
+                                     b'{"op": 7}', b'{"op": "enroll", "name": ["Ada"]}',
+                                     b'{"op": "enroll", "name": "Ada", "samples": "lots"}',
+                                     b'{"op": "enroll", "name": "Ada", "timeout": NaN}'])
+def test_a_malformed_control_request_is_answered_and_the_server_keeps_serving(recognizer, payload):
+    replies = _raw_request(recognizer.sock, payload + b"\n")
+    assert len(replies) == 1 and replies[0]["event"] == "error", replies
+    assert replies[0]["code"] == "bad_request", replies
+    assert recognizer.ping()["event"] == "pong"
+    assert "Traceback" not in recognizer.log()
+
+
+def test_control_connections_are_capped_and_time_out(recognizer):
+    from edge.enrollment.control import MAX_CONNECTIONS, REQUEST_TIMEOUT
+
+    assert recognizer.ping()["event"] == "pong"
+    before = recognizer.threads()
+    held, replies = [], []
+    try:
+        for _ in range(300):  # idle: connected, never a request
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(recognizer.sock))  # blocking: waits for room in the backlog
+            s.settimeout(REQUEST_TIMEOUT + 5.0)
+            held.append(s)
+        peak = max(recognizer.threads() for _ in range(20))
+        # Refused ones are told why, at once; the admitted ones time out on their missing request.
+        started = time.monotonic()
+        for s in held:
+            try:
+                line = s.recv(4096).split(b"\n")[0]
+            except (TimeoutError, ConnectionResetError):
+                line = b""
+            replies.append(json.loads(line)["code"] if line else None)
+        waited = time.monotonic() - started
+        during = recognizer.ping()  # the 300 are still open on this side
+    finally:
+        for s in held:
+            s.close()
+    print(f"\ncontrol socket: {before} threads before, at most {peak} with 300 idle connections; "
+          f"{replies.count('busy')} refused busy, {replies.count('timeout')} timed out after {waited:.1f} s")
+    assert peak <= before + MAX_CONNECTIONS, (before, peak)
+    assert replies.count("timeout") == MAX_CONNECTIONS and replies.count("busy") == 300 - MAX_CONNECTIONS, replies
+    assert waited <= REQUEST_TIMEOUT + 2.0
+    assert during["event"] == "pong" and recognizer.ping()["event"] == "pong"
+    deadline = time.monotonic() + 5
+    while recognizer.threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recognizer.threads() <= before
+
+
+@needs_root
+def test_refused_uids_are_logged_at_most_once_per_interval(recognizer):
+    recognizer.sock.chmod(0o666)  # a misconfigured mode: SO_PEERCRED is all that stops a stranger
+    try:
+        before = recognizer.threads()
+        outcomes = [_ping_as_stranger(recognizer.sock) for _ in range(30)]
+        after = recognizer.threads()
+    finally:
+        recognizer.sock.chmod(0o660)
+    assert outcomes == ["permission"] * 30
+    assert recognizer.log().count("refused uid 65534") == 1, recognizer.log()
+    assert after <= before  # refusals are answered on the listener thread: no thread per stranger
+    assert recognizer.ping()["event"] == "pong"
+
+
+def _ping_as_stranger(path: Path) -> str:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reported through the pipe
+        answer = "?"
+        try:
+            os.close(read_fd)
+            _as_stranger([])
+            from edge.enrollment.control import ControlClient
+            from edge.enrollment.errors import ControlPermissionError
+
+            try:
+                with ControlClient(path, timeout=5.0) as client:
+                    answer = repr(list(client.request({"op": "ping"})))
+            except ControlPermissionError:
+                answer = "permission"
+        except BaseException as exc:
+            answer = repr(exc)
+        finally:
+            os.write(write_fd, answer.encode())
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd) as f:
+        return f.read()

@@ -14,11 +14,17 @@ Protocol (one JSON object per line, both ways):
   ``warning`` / ``info`` events as frames come, then ``done`` or ``error``.
 * The client closing its end (Ctrl-C, kill) cancels the session; nothing is saved.
 
+A malformed request (not JSON, not an object, wrong field types) is answered
+``{"event": "error", "code": "bad_request", ...}``; one request per connection.
+
 Threads: the frame loop calls :meth:`ControlServer.on_frame` (quality gates
 and one extra embedding per good frame, only while a session is active); the
-listener thread accepts; one thread per connection talks to the client and
-writes to the gallery through its own SQLite connection.  The recognizer's
-Matcher picks the new samples up through the gallery's data_version.
+listener thread accepts, checks the peer and answers refusals itself; one
+thread per admitted connection, at most :data:`MAX_CONNECTIONS` (more are
+answered ``"code": "busy"``), talks to the client and writes to the gallery
+through its own SQLite connection.  A connection has :data:`REQUEST_TIMEOUT`
+seconds to send its request line.  The recognizer's Matcher picks the new
+samples up through the gallery's data_version.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import grp
 import json
 import logging
+import math
 import os
 import pwd
 import queue
@@ -45,6 +52,19 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
 SOCKET_NAME = "control.sock"
+# The door's frame loop shares the process: connections must not grow its thread count without bound
+# (305 threads were seen from one flood), nor hold a thread by never finishing their request.
+MAX_CONNECTIONS = 8
+REQUEST_TIMEOUT = 5.0
+REFUSAL_LOG_INTERVAL = 10.0
+MAX_SESSION_TIMEOUT = 3600.0  # enrollment.timeout's upper bound
+
+
+class BadRequest(EnrollmentError):
+    """A control request that is not a JSON object of the expected shape."""
+
+    exit_code = 76  # EX_PROTOCOL
+    code = "bad_request"
 
 
 def socket_path(config) -> Path:
@@ -86,17 +106,81 @@ def _send(conn: socket.socket, obj: dict) -> None:
     conn.sendall((json.dumps(obj) + "\n").encode())
 
 
+def _try_send(conn: socket.socket, obj: dict) -> None:
+    """A last word to a client that may have stopped reading: briefly, and never an exception."""
+    try:
+        conn.settimeout(0.5)
+        _send(conn, obj)
+    except OSError:
+        pass
+
+
 def _read_line(conn: socket.socket, timeout: float) -> bytes:
-    conn.settimeout(timeout)
+    """The first line from ``conn``; ``timeout`` bounds the whole line, not each recv (a byte every few
+    seconds must not hold a connection for hours)."""
+    deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete request within {timeout:g} s")
+        conn.settimeout(remaining)
         chunk = conn.recv(4096)
         if not chunk:
             break
         data += chunk
         if len(data) > MAX_LINE:
-            raise ValueError("request too long")
+            raise BadRequest(f"request longer than {MAX_LINE} bytes")
     return data.split(b"\n", 1)[0]
+
+
+def _parse_request(line: bytes) -> dict:
+    try:
+        request = json.loads(line or b"{}")
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, and [[[[... nested past the parser's depth
+        raise BadRequest(f"not a JSON line: {str(exc)[:80]}") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"a request must be a JSON object, not {type(request).__name__}")
+    return request
+
+
+def _enroll_options(request: dict, enrollment) -> tuple[str, int, float]:
+    """name, samples and timeout of an enroll request, checked: they come from another process."""
+    name = request.get("name", "")
+    if not isinstance(name, str):
+        raise BadRequest("name must be a string")
+    samples = request.get("samples") or enrollment.samples
+    if isinstance(samples, bool) or not isinstance(samples, int):
+        raise BadRequest("samples must be an integer")
+    if not 1 <= samples <= 50:
+        raise EnrollmentError(f"samples must be 1..50, not {samples}")
+    timeout = request.get("timeout") or enrollment.timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise BadRequest("timeout must be a positive number of seconds")
+    return name, samples, min(float(timeout), MAX_SESSION_TIMEOUT)
+
+
+class _Throttle:
+    """At most one log line per ``interval`` for something a stranger can repeat at will."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.suppressed = 0
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int | None:
+        """None: stay quiet this time; else how many were held back since the last line."""
+        with self._lock:
+            now = self.clock()
+            if now - self._last < self.interval:
+                self.suppressed += 1
+                return None
+            self._last = now
+            held, self.suppressed = self.suppressed, 0
+            return held
 
 
 class _Active:
@@ -115,7 +199,8 @@ class ControlServer:
     """
 
     def __init__(self, config, embedder, threshold: Callable[[], float], *, path: Path | None = None,
-                 mode: int = 0o660, group: str | None = None, companions=()) -> None:
+                 mode: int = 0o660, group: str | None = None, companions=(), max_connections: int = MAX_CONNECTIONS,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.config = config
         self.embedder = embedder
         # Own interpreters for the two-stage model: the frame loop uses the recognizer's at the same time.
@@ -132,6 +217,10 @@ class ControlServer:
         self._active: _Active | None = None
         self._inode: int | None = None
         self.frames = 0
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refusal_log = _Throttle(REFUSAL_LOG_INTERVAL)
 
     # -- life cycle ---------------------------------------------------------------
     def start(self) -> "ControlServer":
@@ -163,7 +252,7 @@ class ControlServer:
                 sock.close()
                 raise ConfigError(f"cannot give {self.path} to group {self.gid}: {exc}") from exc
         self._inode = os.stat(self.path).st_ino
-        sock.listen(8)
+        sock.listen(128)
         sock.settimeout(0.5)
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, name="edge-enroll-control", daemon=True)
@@ -212,7 +301,50 @@ class ControlServer:
                 if not self._halt.is_set():
                     log.error("control socket stopped accepting: %s", exc)
                 break
-            threading.Thread(target=self._handle, args=(conn,), name="edge-enroll-conn", daemon=True).start()
+            try:
+                self._admit(conn)
+            except Exception:  # one bad connection must not stop the listener
+                log.exception("control socket: admitting a connection failed")
+                conn.close()
+
+    def _admit(self, conn: socket.socket) -> None:
+        """Refusals are answered here, on the listener thread: only admitted connections get a thread."""
+        try:
+            pid, uid, gid = peer_credentials(conn)
+        except OSError:
+            conn.close()
+            return
+        if not self.allowed(pid, uid, gid):
+            held = self._refusal_log()
+            if held is not None:
+                log.warning("control socket: refused uid %d (pid %d): not root, not us, not in group %d%s",
+                            uid, pid, self.gid, f" ({held} more refused since the last warning)" if held else "")
+            self._refuse(conn, {"event": "error", "code": "permission",
+                                "message": f"uid {uid} may not enroll: not in group {self.gid}"})
+            return
+        if not self._slots.acquire(blocking=False):
+            self._refuse(conn, {"event": "error", "code": "busy", "message":
+                                f"the recognizer is serving {self.max_connections} control connections; try again"})
+            return
+        try:
+            threading.Thread(target=self._handle, args=(conn, uid), name="edge-enroll-conn", daemon=True).start()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    @staticmethod
+    def _refuse(conn: socket.socket, reply: dict) -> None:
+        with conn:
+            _try_send(conn, reply)
+            try:
+                # Read what the client already sent: closing on unread data resets the connection, and
+                # a client that reads late would see the reset instead of the reason.
+                conn.setblocking(False)
+                for _ in range(4):
+                    if not conn.recv(MAX_LINE):
+                        break
+            except OSError:
+                pass
 
     def allowed(self, pid: int, uid: int, gid: int) -> bool:
         if uid == 0 or uid == os.geteuid() or gid == self.gid:
@@ -226,47 +358,43 @@ class ControlServer:
                 groups = set()
         return self.gid in groups
 
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                pid, uid, gid = peer_credentials(conn)
-                if not self.allowed(pid, uid, gid):
-                    try:  # read the request first, so the refusal is not lost to a connection reset
-                        _read_line(conn, 1.0)
-                    except (OSError, ValueError):
-                        pass
-                    log.warning("control socket: refused uid %d (pid %d): not root, not us, not in group %d",
-                                uid, pid, self.gid)
-                    _send(conn, {"event": "error", "code": "permission",
-                                 "message": f"uid {uid} may not enroll: not in group {self.gid}"})
-                    return
-                request = json.loads(_read_line(conn, 10.0) or b"{}")
-                op = request.get("op")
-                if op == "ping":
-                    _send(conn, {"event": "pong", "model": self.embedder.model_id, "threshold": self.threshold(),
-                                 "frames": self.frames, "busy": self._active is not None})
-                elif op == "enroll":
-                    self._enroll(conn, request, uid)
-                else:
-                    _send(conn, {"event": "error", "message": f"unknown request {op!r}"})
-            except (OSError, ValueError) as exc:
-                log.info("control connection ended: %s", exc)
-            except EdgeError as exc:
-                try:
-                    _send(conn, {"event": "error", "message": str(exc), "exit_code": exc.exit_code})
-                except OSError:
-                    pass
+    def _handle(self, conn: socket.socket, uid: int) -> None:
+        try:
+            with conn:
+                self._converse(conn, uid)
+        finally:
+            self._slots.release()
+
+    def _converse(self, conn: socket.socket, uid: int) -> None:
+        try:
+            request = _parse_request(_read_line(conn, self.request_timeout))
+            op = request.get("op")
+            if op == "ping":
+                _send(conn, {"event": "pong", "model": self.embedder.model_id, "threshold": self.threshold(),
+                             "frames": self.frames, "busy": self._active is not None})
+            elif op == "enroll":
+                self._enroll(conn, request, uid)
+            else:
+                raise BadRequest(f"unknown request {str(op)[:40]!r}: ping or enroll")
+        except EdgeError as exc:
+            reply = {"event": "error", "message": str(exc), "exit_code": exc.exit_code}
+            if getattr(exc, "code", None):
+                reply["code"] = exc.code
+            _try_send(conn, reply)
+        except TimeoutError as exc:
+            log.info("control connection from uid %d timed out: %s", uid, exc)
+            _try_send(conn, {"event": "error", "code": "timeout", "message": str(exc)})
+        except OSError as exc:
+            log.info("control connection ended: %s", exc)
+        except Exception as exc:  # a bug: the client hears of it and the server keeps serving
+            log.exception("control request failed")
+            _try_send(conn, {"event": "error", "code": "internal", "message": f"internal error: {type(exc).__name__}"})
 
     def _enroll(self, conn: socket.socket, request: dict, uid: int) -> None:
         from ..gallery import Gallery
         from .live import commit, done_event, start_session, summary_line
 
-        enrollment = self.config.enrollment
-        name = str(request.get("name", ""))
-        wanted = int(request.get("samples") or enrollment.samples)
-        timeout = float(request.get("timeout") or enrollment.timeout)
-        if not 1 <= wanted <= 50:
-            raise EnrollmentError(f"samples must be 1..50, not {wanted}")
+        name, wanted, timeout = _enroll_options(request, self.config.enrollment)
         with Gallery(self.gallery_path) as gallery:
             session = start_session(gallery, name, wanted, self.config, self.embedder, self.threshold(),
                                     allow_lookalike=bool(request.get("allow_lookalike")),
@@ -308,8 +436,9 @@ class ControlServer:
     @staticmethod
     def _client_gone(conn: socket.socket) -> bool:
         try:
-            readable, _, _ = select.select([conn], [], [], 0)
-            if not readable:
+            poller = select.poll()  # not select.select: that fails on a descriptor past 1023
+            poller.register(conn, select.POLLIN)
+            if not poller.poll(0):
                 return False
             data = conn.recv(4096, socket.MSG_PEEK)
             return not data or b"cancel" in data
