@@ -172,9 +172,10 @@ def test_unlocks_get_through_200_idle_stranger_connections(door):
     results, took = [], []
     try:
         time.sleep(1.0)  # let the flood settle into the actuator's table
-        # The strangers' share of the actuator: a few slots, whatever they throw at it.
+        # The strangers' share of the actuator: a few slots, whatever they throw at it (+1: the newcomer
+        # is accepted before it can be told apart and an older one evicted).
         fds_flooded = max(psutil.Process(a.proc.pid).num_fds() for _ in range(20))
-        assert fds_flooded <= fds_before + MAX_STRANGER_CONNECTIONS, (fds_before, fds_flooded)
+        assert fds_flooded <= fds_before + MAX_STRANGER_CONNECTIONS + 1, (fds_before, fds_flooded)
         client = DoorClient(str(a.sock), timeout=1.0)  # the recognizer's default door.request_timeout
         for _ in range(10):
             started = time.monotonic()
