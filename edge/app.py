@@ -81,8 +81,8 @@ def effective_threshold(config: Config, embedder: TFLiteEmbedder, override: floa
             log.warning(
                 "THRESHOLD OVERRIDE %.4f for %s is outside the range its tuning measured (L2 %.4f..%.4f on %s): %s",
                 override, embedder.model_id, span[0], span[1], tuning.get("source", "?"),
-                "impostors are accepted more often than any measured operating point allows" if override > span[1]
-                else "people will be turned away more often and its false-accept rate was never measured",
+                "impostors are accepted more often than at any operating point the tuning measured" if override > span[1]
+                else "tighter than the tightest measured operating point: enrolled people will mostly be turned away",
             )
         return override
     tuned = embedder.bundle.threshold

@@ -148,16 +148,16 @@ def tune(bundle: Path, far: float = 1e-3, people: Path | None = None, pairs_file
     pipeline = FacePipeline(detector)
     if people is not None:
         genuine, impostor, failures = people_distances(Path(people), embedder, pipeline, progress)
-        source = f"people:{Path(people).resolve()}"
+        source = f"people:{people}"  # as given: a manifest must not carry this machine's paths
     else:
         if root is None:
             raise click.UsageError("--pairs and --protocol need --root (the image folder)")
         if pairs_file is not None:
             pairs = parse_lfw(pairs_file, root)
-            source = f"pairs:{Path(pairs_file).resolve()} root:{Path(root).resolve()}"
+            source = f"pairs:{pairs_file} root:{root}"
         else:
             pairs = load_protocol(protocol, root)
-            source = f"{protocol}:{Path(root).resolve()}"
+            source = f"{protocol}:{root}"
         genuine, impostor, failures = pairs_distances(pairs, embedder, pipeline, progress)
     unscorable = int(np.isnan(genuine).sum() + np.isnan(impostor).sum())
     record = choose_threshold(genuine[~np.isnan(genuine)], impostor[~np.isnan(impostor)], far)
