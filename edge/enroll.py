@@ -71,7 +71,7 @@ def enroll_files(gallery: Gallery, detector: Detector, embedder: Embedder, name:
     embeddings = embedder.embed([s.crop for s in prepared])
     crops = [png_bytes(s.crop) for s in prepared] if keep_crops else None
     capture_ids = [uuid.uuid4().hex for _ in prepared]
-    with gallery.db.atomic():
+    with gallery.transaction():
         gallery.add_samples(
             name, embeddings, embedder.model_id, dtype=dtype, quality=[s.face.score for s in prepared],
             source=[Path(s.source).name for s in prepared], crops=crops, capture_ids=capture_ids,

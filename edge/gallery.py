@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,11 @@ def decode_embedding(blob: bytes, dtype: str, dim: int, scale: float | None) -> 
 
 def _friendly(exc: sqlite3.Error, path: Path) -> GalleryError:
     text = str(exc)
-    if "disk is full" in text or "disk I/O" in text:
+    if "disk is full" in text:
         return GalleryError(f"gallery {path}: the disk is full; nothing was written ({text})")
+    if "disk I/O" in text:  # also what a write over RLIMIT_FSIZE (EFBIG) gives
+        return GalleryError(f"gallery {path}: writing failed: the disk is full, the file is over a size limit "
+                            f"or the disk is failing; nothing was written ({text})")
     if "locked" in text or "busy" in text:
         return GalleryError(f"gallery {path}: database stayed locked by another process ({text})")
     if "readonly" in text or "read-only" in text:
@@ -143,12 +147,51 @@ def _friendly(exc: sqlite3.Error, path: Path) -> GalleryError:
     return GalleryError(f"gallery {path}: {text}")
 
 
+# Code points that render as nothing (or reorder the text around them) yet are
+# not in the categories refused below: Unicode's Default_Ignorable_Code_Point
+# set, which also holds letters and marks such as U+3164 HANGUL FILLER, U+034F
+# COMBINING GRAPHEME JOINER and the variation selectors.
+_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+              (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+              (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+              (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+# Control, format (bidi overrides, zero-width joiners), surrogate, private-use,
+# unassigned, line and paragraph separators.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _canonical_name(name: str) -> str:
+    """NFC with single spaces: "Jose" + U+0301 and "José", or "Ada  Lovelace" and "Ada Lovelace", are one name."""
+    return " ".join(part for part in unicodedata.normalize("NFC", name).split(" ") if part)
+
+
 def validate_name(name: str) -> str:
-    name = name.strip()
+    """A person's name in its canonical form (:func:`_canonical_name`), or GalleryError saying what is wrong.
+
+    Invisible and direction-changing characters, and whitespace other than a
+    plain space, are refused: with them two names that look the same on screen
+    (or "Alice" and U+202E + "ecilA") would be different people.
+    """
+    name = _canonical_name(name)
+    for char in name:
+        category = unicodedata.category(char)
+        code = ord(char)
+        if (category in _REFUSED_CATEGORIES or (category == "Zs" and char != " ")
+                or any(lo <= code <= hi for lo, hi in _IGNORABLE)):
+            if category == "Cs":
+                why = "is not valid UTF-8 (a file or folder name in another encoding?)"
+            elif category in ("Zs", "Zl", "Zp") or char.isspace():
+                why = "is whitespace other than a plain space"
+            else:
+                why = "is an invisible, control or text-direction character"
+            label = unicodedata.name(char, "")
+            raise GalleryError(f"invalid name {name!a}: U+{code:04X}{' ' + label if label else ''} {why}")
     if not name:
         raise GalleryError("a person's name cannot be empty")
-    if len(name) > 100 or any(ord(c) < 32 for c in name):
-        raise GalleryError(f"invalid name {name!r}: at most 100 printable characters")
+    if len(name) > 100:
+        raise GalleryError(f"invalid name {name!r}: at most 100 characters")
+    if unicodedata.category(name[0]).startswith("M"):
+        raise GalleryError(f"invalid name {name!a}: it starts with a combining mark")
     return name
 
 
@@ -199,6 +242,39 @@ class Gallery:
 
     def _transaction(self):
         return _AtomicWrite(self)
+
+    def transaction(self):
+        """One all-or-nothing write around several calls (samples of two models and their event).
+
+        Nested calls become savepoints; SQLite errors (disk full, file too
+        large, locked, read-only) come out as GalleryError, as from every method.
+        """
+        return _AtomicWrite(self)
+
+    def file_hashes(self) -> dict[str, str]:
+        """sha256 -> name for every sample enrolled from a file (``source = "sha256:<hex>:<file name>"``)."""
+        with self._transaction():
+            rows = self.db.execute(
+                "SELECT s.source, p.name FROM samples s JOIN people p ON p.id = s.person_id "
+                "WHERE s.source LIKE 'sha256:%'"
+            ).fetchall()
+        return {source.split(":")[1]: name for source, name in rows}
+
+    def stored_name(self, name: str) -> str | None:
+        """How the gallery spells ``name``: as given, or the same once both are canonical (NFC, single spaces).
+
+        So "Jose" + U+0301 finds "José", and names stored before names were
+        normalised are still found; None when no one matches.
+        """
+        wanted = _canonical_name(name)
+        with self._transaction():
+            for candidate in (name, wanted):
+                if self.has_person(candidate):
+                    return candidate
+            for (stored,) in self.db.execute("SELECT name FROM people ORDER BY id").fetchall():
+                if _canonical_name(stored) == wanted:
+                    return stored
+        return None
 
     def person_id(self, name: str) -> int:
         row = self.db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
@@ -288,6 +364,23 @@ class Gallery:
             self.db.execute("DELETE FROM people WHERE id = ?", [person_id])
             self._bump_version()
         return counts
+
+    def adopt_model_id(self, legacy: str, current: str) -> int:
+        """Relabel samples recorded under a bundle's legacy id (file sha256 only) with its current id.
+
+        Galleries enrolled before the input spec was part of the model id keep
+        working without re-enrollment; the caller has verified the bundle.
+        """
+        if legacy == current:
+            return 0
+        with self._transaction():
+            moved = self.db.execute("UPDATE samples SET model_id = ? WHERE model_id = ?", [current, legacy]).rowcount
+            if moved:
+                self._bump_version()
+        if moved:
+            log.info("gallery %s: %d samples of %s now recorded as %s (manifest-covering model id)",
+                     self.path, moved, legacy, current)
+        return moved
 
     def vacuum(self) -> None:
         """Rewrite the file so deleted rows are gone from disk, WAL included."""

@@ -113,7 +113,13 @@ def test_killed_writer_leaves_only_whole_transactions(tmp_path):
     Gallery(path).close()
     proc = multiprocessing.get_context("spawn").Process(target=_enroll_forever, args=(str(path),))
     proc.start()
-    time.sleep(1.5)
+    # Kill once the writer is observably mid-stream (several commits seen), however slow its start-up
+    # under load: a fixed sleep once killed it before its first commit.
+    deadline = time.monotonic() + 120
+    with Gallery(path) as watcher:
+        while sum(p.samples for p in watcher.people()) < 150:
+            assert proc.is_alive() and time.monotonic() < deadline, "the writer never committed"
+            time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     with Gallery(path) as g:
@@ -170,3 +176,83 @@ def test_decider_margin_blocks_lookalikes():
     close_call = Match(1, "alice", 0.60, 0.62, 0.9, 0.05)
     out = d.update(0, 0.0, [close_call])
     assert out is not None and out.outcome is Outcome.UNKNOWN
+
+
+# -- person names: one canonical form, nothing invisible --------------------------------------------
+@pytest.mark.parametrize("name", [
+    "José", "Zoë Ångström", "山田 太郎", "محمد علي", "שרה כהן", "O'Brien-Smith", "अनुराग शर्मा",
+    "Nguyễn Văn An", "Łukasz Żółć", "Ñandú", "Björk Guðmundsdóttir", "Κώστας",
+])
+def test_real_names_are_kept(name):
+    from edge.gallery import validate_name
+
+    assert validate_name(name) == name
+
+
+def test_decomposed_and_composed_forms_are_one_name():
+    from edge.gallery import validate_name
+
+    assert validate_name("Jose\u0301") == validate_name("Jos\u00e9") == "Jos\u00e9"
+    assert validate_name("  Ada   Lovelace ") == "Ada Lovelace"
+
+
+INVISIBLE = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, 0x200B, 0x200C, 0x200D,
+             *range(0x2060, 0x2065), 0xFEFF, 0x00AD, 0x180E, 0xFE0F, 0xE0100, 0x3164, 0x034F, 0xE0041]
+
+
+@pytest.mark.parametrize("code", INVISIBLE, ids=lambda c: f"U+{c:04X}")
+def test_invisible_and_direction_characters_are_refused(code):
+    from edge.gallery import validate_name
+
+    with pytest.raises(GalleryError, match=f"U\\+{code:04X} .*(invisible, control or text-direction)"):
+        validate_name(f"Ali{chr(code)}ce")
+
+
+@pytest.mark.parametrize("char", ["\t", "\n", "\r", "\x0b", "\x85", "\u00a0", "\u2009", "\u3000", "\u2028", "\u2029"],
+                         ids=lambda c: f"U+{ord(c):04X}")
+def test_whitespace_other_than_a_plain_space_is_refused(char):
+    from edge.gallery import validate_name
+
+    with pytest.raises(GalleryError, match="whitespace other than a plain space"):
+        validate_name(f"Ada{char}Lovelace")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("a\x00b", "control"), ("a\x7fb", "control"), ("\ue000x", "invisible"), ("a\u0378b", "invisible"),
+    ("Jos\udce9", "not valid UTF-8"), ("\u0301Ada", "starts with a combining mark"),
+    ("   ", "cannot be empty"), ("", "cannot be empty"), ("x" * 101, "at most 100 characters"),
+])
+def test_other_bad_names_are_refused(name, message):
+    from edge.gallery import validate_name
+
+    with pytest.raises(GalleryError, match=message):
+        validate_name(name)
+
+
+def test_stored_name_finds_composed_decomposed_and_legacy_spellings(tmp_path):
+    rng = np.random.default_rng(3)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add_samples("Jose\u0301 Ruiz", unit(rng, 1), "m:1")
+        assert [p.name for p in g.people()] == ["Jos\u00e9 Ruiz"]  # stored composed
+        assert g.stored_name("Jose\u0301  Ruiz") == "Jos\u00e9 Ruiz"
+        assert g.stored_name("jos\u00e9 ruiz") is None  # case is not folded: a different name
+        # A gallery written before names were normalised holds the decomposed form.
+        g.db.execute("UPDATE people SET name = ?", ["Jose\u0301 Ruiz"])
+        assert g.stored_name("Jos\u00e9 Ruiz") == "Jose\u0301 Ruiz"
+        assert g.stored_name("\u202eevil") is None
+
+
+def test_transaction_turns_a_full_disk_into_gallery_error_and_writes_nothing(tmp_path):
+    rng = np.random.default_rng(4)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add_samples("alice", unit(rng, 1), "m:1")
+        version = g.version()
+        # SQLite's own page limit gives the same SQLITE_FULL a full disk does.
+        pages = g.db.execute("PRAGMA page_count").fetchone()[0]
+        g.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with pytest.raises(GalleryError, match="the disk is full; nothing was written"):
+            with g.transaction():
+                g.add_samples("bob", unit(rng, 2), "m:1", crops=[os.urandom(40_000)] * 2)
+                g.log_event("enrolled", name="bob")
+        assert [p.name for p in g.people()] == ["alice"] and g.version() == version
+        assert g.events(kind="enrolled") == []

@@ -4,11 +4,17 @@ The same quality gates and identity checks as live enrollment, applied per
 file, with a per-file report.  Re-runs are idempotent: each sample records the
 sha256 of the file it came from (``source = "sha256:<hex>:<file name>"``), and
 a file whose content is already in the gallery is skipped.  Each person's
-accepted files are written in one transaction.
+accepted files (and their "enrolled" event) are written in one transaction.
+
+A bad person (an invalid name) or a bad file is reported and skipped; the run
+goes on with the others.  Only a failed write (disk full, read-only gallery)
+stops it, since every later write would fail the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,13 +23,13 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ImageError
-from ..bundle import sha256_file
-from ..enroll import add_companion_samples
+from ..enroll import add_companion_samples, png_bytes
+from ..errors import GalleryError, ImageError
 from ..gallery import Gallery, validate_name
-from ..images import IMAGE_SUFFIXES, load_image
-from ..enroll import png_bytes
+from ..images import IMAGE_SUFFIXES, decode_image, read_regular_file
 from .quality import Reason, SessionGuard, Thresholds, assess
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,25 +51,35 @@ class PersonReport:
     files: list[FileResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     added: int = 0
+    error: str = ""  # why nothing of this person was enrolled: an invalid name, a failed write
+    write_error: GalleryError | None = None  # the gallery refused the write; later people would fail too
+
+    @property
+    def ok(self) -> bool:
+        """This person is in the gallery now (added or already there), or would be in a dry run."""
+        return not self.error and any(f.status in ("accepted", "skipped") for f in self.files)
 
 
-def enrolled_hashes(gallery: Gallery) -> dict[str, str]:
-    """sha256 -> name of every file-sourced sample in the gallery."""
-    rows = gallery.db.execute(
-        "SELECT s.source, p.name FROM samples s JOIN people p ON p.id = s.person_id WHERE s.source LIKE 'sha256:%'"
-    ).fetchall()
-    return {src.split(":")[1]: name for src, name in rows}
+def shown_name(name: str) -> str:
+    """A name as it can be printed in a one-line report: control and non-ASCII characters escaped."""
+    return ascii(name)[1:-1]
 
 
-def folder_people(root: Path) -> list[tuple[str, list[Path]]]:
-    """One sub-folder per person (``Ada_Lovelace/`` -> "Ada Lovelace"), images inside it."""
+def folder_people(root: Path) -> list[tuple[str, list[Path], Path]]:
+    """One sub-folder per person (``Ada_Lovelace/`` -> "Ada Lovelace"): (name, images inside it, folder).
+
+    The name is only the folder's; :meth:`BulkEnroller.enroll` validates it, so
+    a bad one is reported without stopping the others.  Entries with an image
+    suffix that are not regular files (a FIFO, a link to a device) are listed
+    too, to be reported rather than silently left out.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ImageError(f"{root} is not a folder")
     people = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        people.append((folder.name.replace("_", " ").strip(), images))
+        images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+        people.append((folder.name.replace("_", " "), images, folder))
     return people
 
 
@@ -86,29 +102,45 @@ class BulkEnroller:
         self.on_file = on_file or (lambda r: None)
         self.companions = list(companions)
 
-    def enroll(self, name: str, paths: Sequence[Path]) -> PersonReport:
-        name = validate_name(name)
+    def enroll(self, name: str, paths: Sequence[Path], folder: Path | None = None) -> PersonReport:
+        """Check and enroll one person's files; problems end up in the report, never raised."""
+        try:
+            name = validate_name(name)
+        except GalleryError as exc:
+            return self._refused(shown_name(name), paths, folder, str(exc))
         report = PersonReport(name)
-        known = enrolled_hashes(self.gallery)
-        guard = SessionGuard(name, self.gallery.matrix(self.embedder.model_id), self.threshold, self.t,
-                             self.allow_lookalike)
-        seen: dict[str, str] = {}
-        accepted: list[tuple[np.ndarray, float, str, np.ndarray]] = []
 
         def done(result: FileResult) -> None:
             report.files.append(result)
             self.on_file(result)
 
+        if not paths:
+            done(FileResult(name, str(folder or ""), "error",
+                            f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))})", ("no_images",)))
+            report.error = "no image files"
+            return report
+        # A gallery written before names were normalised may spell this person
+        # differently (decomposed accents): the identity checks must see them as one.
+        stored = self.gallery.stored_name(name) or name
+        known = self.gallery.file_hashes()
+        guard = SessionGuard(stored, self.gallery.matrix(self.embedder.model_id), self.threshold, self.t,
+                             self.allow_lookalike)
+        seen: dict[str, str] = {}
+        accepted: list[tuple[np.ndarray, float, str, np.ndarray]] = []
+        accepted_results: list[FileResult] = []
+
         for path in paths:
             path = Path(path)
             try:
-                digest = sha256_file(path)
-            except OSError as exc:
-                done(FileResult(name, str(path), "error", f"cannot read: {exc.strerror or exc}"))
+                # Read once: the bytes hashed are the bytes decoded.
+                data = read_regular_file(path)
+            except ImageError as exc:
+                done(FileResult(name, str(path), "error", str(exc)))
                 continue
+            digest = hashlib.sha256(data).hexdigest()
             if digest in known:
                 owner = known[digest]
-                if owner == name:
+                if owner == stored:
                     done(FileResult(name, str(path), "skipped", "already enrolled (same file content)"))
                 else:
                     done(FileResult(name, str(path), "rejected", f"this exact file is already enrolled as {owner}",
@@ -119,7 +151,7 @@ class BulkEnroller:
                 continue
             seen[digest] = path.name
             try:
-                image = load_image(path)
+                image = decode_image(data, str(path))
             except ImageError as exc:
                 done(FileResult(name, str(path), "error", str(exc)))
                 continue
@@ -134,25 +166,58 @@ class BulkEnroller:
                 if verdict.ok:
                     guard.accept(embedding)
                     accepted.append((embedding, assessment.face.score, f"sha256:{digest}:{path.name}", assessment.crop))
-                    done(FileResult(name, str(path), "accepted"))
+                    result = FileResult(name, str(path), "accepted")
+                    accepted_results.append(result)
+                    done(result)
                     continue
             done(FileResult(name, str(path), "rejected", "; ".join(r.message for r in reasons),
                             tuple(r.code for r in reasons)))
         if accepted and not self.dry_run:
-            capture_ids = [uuid.uuid4().hex for _ in accepted]
-            dtype = self.config.gallery.embedding_dtype
-            with self.gallery.db.atomic():
-                person_id = self.gallery.add_samples(
-                    name, np.stack([a[0] for a in accepted]), self.embedder.model_id, dtype=dtype,
-                    quality=[a[1] for a in accepted], source=[a[2] for a in accepted], capture_ids=capture_ids,
-                    crops=[png_bytes(a[3]) for a in accepted] if self.keep_crops else None,
-                )
-                add_companion_samples(self.gallery, name, [a[3] for a in accepted], capture_ids,
-                                      self.companions, dtype)
-            self.gallery.log_event("enrolled", name=name, person_id=person_id, model_id=self.embedder.model_id,
-                                   detail={"samples": len(accepted), "via": "files", "at": time.time()})
+            try:
+                self._write(name, stored, accepted)
+            except GalleryError as exc:
+                log.info("enrolling %s: %s", name, exc)
+                for result in accepted_results:
+                    result.status, result.reason, result.codes = "error", f"not saved: {exc}", ("not_saved",)
+                report.error, report.write_error = str(exc), exc
+                return report
         report.added = len(accepted)
         return report
 
-    def enroll_many(self, people: Iterable[tuple[str, Sequence[Path]]]) -> list[PersonReport]:
-        return [self.enroll(name, paths) for name, paths in people]
+    def _refused(self, name: str, paths: Sequence[Path], folder: Path | None, reason: str) -> PersonReport:
+        report = PersonReport(name, error=reason)
+        for path in paths or [folder or ""]:
+            result = FileResult(name, str(path), "error", f"person not enrolled: {reason}", ("invalid_name",))
+            report.files.append(result)
+            self.on_file(result)
+        return report
+
+    def _write(self, name: str, stored: str, accepted: list) -> None:
+        capture_ids = [uuid.uuid4().hex for _ in accepted]
+        dtype = self.config.gallery.embedding_dtype
+        with self.gallery.transaction():
+            if stored != name:
+                self.gallery.rename(stored, name)  # the canonical spelling from now on
+            person_id = self.gallery.add_samples(
+                name, np.stack([a[0] for a in accepted]), self.embedder.model_id, dtype=dtype,
+                quality=[a[1] for a in accepted], source=[a[2] for a in accepted], capture_ids=capture_ids,
+                crops=[png_bytes(a[3]) for a in accepted] if self.keep_crops else None,
+            )
+            add_companion_samples(self.gallery, name, [a[3] for a in accepted], capture_ids,
+                                  self.companions, dtype)
+            self.gallery.log_event("enrolled", name=name, person_id=person_id, model_id=self.embedder.model_id,
+                                   detail={"samples": len(accepted), "via": "files", "at": time.time()})
+
+    def enroll_many(self, people: Iterable[tuple], on_person: Callable[[str], None] | None = None
+                    ) -> tuple[list[PersonReport], list[str]]:
+        """Every person in turn: (reports, names not processed because a write failed)."""
+        people = list(people)
+        reports: list[PersonReport] = []
+        for i, (name, paths, *folder) in enumerate(people):
+            if on_person is not None:
+                on_person(name)
+            report = self.enroll(name, paths, *folder)
+            reports.append(report)
+            if report.write_error is not None:
+                return reports, [shown_name(p[0]) for p in people[i + 1:]]
+        return reports, []

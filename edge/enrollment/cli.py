@@ -184,38 +184,52 @@ def add(config_path, name, samples, contact_sheet, timeout, keep_crops, allow_lo
                f"with {result['model']}" + (f"; rejected frames: {rejected}" if rejected else ""))
 
 
+def _clean(text: str) -> str:
+    """One report line per file: control, bidi and other format characters (in file names too) escaped."""
+    import unicodedata
+
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+
+
 def _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json):
+    """Enroll, then print the whole report (also when a write failed part way); returns the reports."""
     from tqdm import tqdm
 
     from ..app import build_companions, build_detector, build_embedder, effective_threshold
     from ..gallery import Gallery
-    from .bulk import BulkEnroller
+    from .bulk import BulkEnroller, shown_name
 
     detector, embedder = build_detector(config), build_embedder(config)
     threshold = effective_threshold(config, embedder)
-    total = sum(len(paths) for _, paths in people)
+    total = sum(len(person[1]) for person in people)
     with Gallery(config.gallery_path()) as gallery, \
             tqdm(total=total, unit="file", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
         def on_file(result):
             bar.update(1)
-            bar.set_postfix_str(f"{result.person}: {result.status}")
+            bar.set_postfix_str(_clean(f"{result.person}: {result.status}"))
 
         enroller = BulkEnroller(gallery, detector, embedder, threshold, config, keep_crops=keep_crops,
                                 allow_lookalike=allow_lookalike, dry_run=dry_run, on_file=on_file,
                                 companions=build_companions(config, embedder.model_id))
-        reports = []
-        for name, paths in people:
-            bar.set_description(name)
-            reports.append(enroller.enroll(name, paths))
+        reports, not_processed = enroller.enroll_many(
+            people, on_person=lambda name: bar.set_description(shown_name(name)))
+    failure = next((r.write_error for r in reports if r.write_error is not None), None)
+    skipped_because = f"not processed: the gallery write before failed ({failure})" if failure else ""
     if as_json:
-        click.echo(json.dumps([{"name": r.name, "added": r.added, "warnings": r.warnings,
-                                "files": [f.as_dict() for f in r.files]} for r in reports]))
+        rows = [{"name": r.name, "added": r.added, "warnings": r.warnings, "error": r.error,
+                 "files": [f.as_dict() for f in r.files]} for r in reports]
+        rows += [{"name": name, "added": 0, "warnings": [], "error": skipped_because, "files": []}
+                 for name in not_processed]
+        click.echo(json.dumps(rows))
     else:
         for r in reports:
             for f in r.files:
-                click.echo(f"{f.status:8s} {r.name}\t{f.path}" + (f"\t{f.reason}" if f.reason else ""))
+                click.echo(f"{f.status:8s} {_clean(r.name)}\t{_clean(f.path)}"
+                           + (f"\t{_clean(f.reason)}" if f.reason else ""))
             for w in r.warnings:
-                click.echo(f"warning  {r.name}\t{w}")
+                click.echo(f"warning  {_clean(r.name)}\t{_clean(w)}")
+        for name in not_processed:
+            click.echo(f"error    {_clean(name)}\t-\t{_clean(skipped_because)}")
         added = sum(r.added for r in reports)
         counts = {}
         for r in reports:
@@ -224,7 +238,23 @@ def _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json):
         verb = "would add" if dry_run else "added"
         click.echo(f"{verb} {added} samples for {sum(1 for r in reports if r.added)} people; "
                    + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if failure is not None:
+        raise failure  # the boundary prints it and exits with its status (73)
     return reports
+
+
+def _valid_name(name):
+    """``name`` as the gallery will store it; an invalid one is bad input (65), refused before loading models."""
+    from ..cli import EdgeClickError
+    from ..errors import GalleryError
+    from ..gallery import validate_name
+
+    try:
+        return validate_name(name)
+    except GalleryError as exc:
+        error = EdgeClickError(exc)
+        error.exit_code = 65
+        raise error from exc
 
 
 bulk_options = [
@@ -251,9 +281,10 @@ def _with(options):
 @boundary
 def files(config_path, name, images, keep_crops, allow_lookalike, dry_run, as_json):
     """Enroll NAME from image files (one face each); files already enrolled are skipped."""
+    name = _valid_name(name)
     config = _config(config_path)
     reports = _bulk(config, [(name, list(images))], keep_crops, allow_lookalike, dry_run, as_json)
-    if not any(f.status in ("accepted", "skipped") for r in reports for f in r.files):
+    if not all(r.ok for r in reports):
         sys.exit(65)
 
 
@@ -263,14 +294,23 @@ def files(config_path, name, images, keep_crops, allow_lookalike, dry_run, as_js
 @_with(bulk_options)
 @boundary
 def folder(config_path, root, keep_crops, allow_lookalike, dry_run, as_json):
-    """Enroll everyone in ROOT: one sub-folder per person (Ada_Lovelace/ -> "Ada Lovelace")."""
+    """Enroll everyone in ROOT: one sub-folder per person (Ada_Lovelace/ -> "Ada Lovelace").
+
+    A person who cannot be enrolled (invalid folder name, no usable image) is
+    reported and skipped; the others are enrolled, and the exit status is then 65.
+    """
     from .bulk import folder_people
 
     config = _config(config_path)
     people = folder_people(root)
     if not people:
         raise click.ClickException(f"{root} has no sub-folders; the layout is ROOT/Person_Name/*.jpg")
-    _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json)
+    reports = _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json)
+    failed = [r.name for r in reports if not r.ok]
+    if failed:
+        click.echo(_clean(f"edge: error: {len(failed)} of {len(reports)} people not enrolled: {', '.join(failed)}"),
+                   err=True)
+        sys.exit(65)
 
 
 @command.command("list")
@@ -302,11 +342,18 @@ def list_(config_path, as_json):
 @boundary
 def rename(config_path, old, new):
     """Rename a person (their events follow)."""
+    from ..errors import GalleryError
     from ..gallery import Gallery
 
+    new = _valid_name(new)
     config = _config(config_path)
     with Gallery(config.gallery_path(), create=False) as gallery:
-        gallery.rename(old, new)
+        stored = gallery.stored_name(old) or old
+        # "José" typed composed must not become a second, identical-looking person beside a decomposed one.
+        taken = gallery.stored_name(new)
+        if taken is not None and taken != stored:
+            raise GalleryError(f"cannot rename {old!r} to {new!r}: that name is taken")
+        gallery.rename(stored, new)
     click.echo(f"renamed {old} to {new}")
 
 
@@ -315,7 +362,7 @@ def _remove(config_path, name, forget):
 
     config = _config(config_path)
     with Gallery(config.gallery_path(), create=False) as gallery:
-        counts = gallery.remove(name, forget=forget)
+        counts = gallery.remove(gallery.stored_name(name) or name, forget=forget)
         if forget:
             gallery.vacuum()
     return counts
@@ -381,7 +428,8 @@ def export(config_path, target, names, crops):
 
     config = _config(config_path)
     with Gallery(config.gallery_path(), create=False) as gallery:
-        header = export_gallery(gallery, target, names=list(names) or None, crops=crops)
+        names = [gallery.stored_name(n) or n for n in names]
+        header = export_gallery(gallery, target, names=names or None, crops=crops)
     click.echo(f"exported {header['people']} people, {header['samples']} samples "
                f"({', '.join(header['models']) or 'no model'}) to {target}; sha256 {header['sha256'][:16]}")
 

@@ -113,7 +113,7 @@ def commit(gallery: Gallery, session: LiveEnrollment, model_id: str, dtype: str 
     """
     samples = session.samples
     when = time.strftime("%Y-%m-%dT%H:%M:%S")
-    with gallery.db.atomic():
+    with gallery.transaction():
         person_id = gallery.add_samples(
             session.name, np.stack([s.embedding for s in samples]), model_id, dtype=dtype,
             quality=[s.score for s in samples], source=[f"{via}:{when}"] * len(samples),
