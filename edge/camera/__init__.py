@@ -1,8 +1,8 @@
 """Frame sources behind one small interface, chosen by name (like gpiozero's pin factories).
 
-``EDGE_CAMERA=fake`` (or ``camera.source = "fake"``) selects the scriptable fake
-for tests; ``picamera2`` is imported only when chosen, so the runtime imports
-on machines without the Pi camera stack.
+``camera.source = "fake"`` selects the scriptable fake for tests; ``picamera2``
+is imported only when chosen, so the runtime imports on machines without the
+Pi camera stack.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class Picamera2Source(FrameSource):
     name = "picamera2"
 
-    def __init__(self, width: int = 640, height: int = 480, lores_width: int = 320) -> None:
+    def __init__(self, width: int = 640, height: int = 480, lores_width: int = 320, read_timeout: float = 5.0) -> None:
         super().__init__()
+        self.read_timeout = read_timeout
         self.width, self.height = width, height
         self.lores_width = lores_width
         # The ISP needs even lores dimensions with the main aspect ratio.
@@ -32,7 +33,7 @@ class Picamera2Source(FrameSource):
     @classmethod
     def from_config(cls, config) -> "Picamera2Source":
         c = config.camera
-        return cls(c.width, c.height, c.lores_width)
+        return cls(c.width, c.height, c.lores_width, c.read_timeout)
 
     @classmethod
     def check(cls, config) -> str:
@@ -71,13 +72,17 @@ class Picamera2Source(FrameSource):
         if self._camera is None:
             raise CameraError("camera read before start")
         try:
-            request = self._camera.capture_request()
+            # A number for wait is a timeout (picamera2 >= 0.3.17, bookworm ships newer): without it a
+            # stalled camera blocks the loop forever instead of failing closed for systemd to restart.
+            request = self._camera.capture_request(wait=self.read_timeout)
             try:
                 # "RGB888" in libcamera is BGR byte order in memory, what OpenCV wants.
                 main = request.make_array("main")
                 yuv = request.make_array("lores")
             finally:
                 request.release()
+        except TimeoutError as exc:
+            raise CameraError(f"Pi camera delivered no frame for {self.read_timeout:.1f} s") from exc
         except Exception as exc:
             raise CameraError(f"Pi camera stopped delivering frames: {exc}") from exc
         lores = cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)
