@@ -151,6 +151,23 @@ class Recognizer:
         self.threshold = threshold
         self.matcher.threshold = threshold
 
+    def apply_decision_config(self, config: Config) -> None:
+        """Everything of a reloaded config that takes effect without reloading models or the camera.
+
+        Thresholds are resolved first, so a config that cannot be applied changes nothing.
+        """
+        threshold = effective_threshold(config, self.embedder)
+        confirm = (effective_threshold(config, self.confirmer, config.decision.confirm_threshold)
+                   if self.confirmer is not None else None)
+        d = config.decision
+        self.set_threshold(threshold)
+        self.matcher.margin = d.margin
+        if self.confirm_matcher is not None:
+            self.confirm_matcher.threshold = confirm
+            self.confirm_matcher.margin = d.margin
+        self.decider.reconfigure(d.frames_required, d.window_frames, d.window_seconds, d.cooldown_seconds)
+        self.config = dataclasses.replace(self.config, decision=config.decision)
+
     def close(self) -> None:
         self.gallery.close()
 

@@ -40,6 +40,15 @@ class Decider:
         self._empty_streak = 0
         self._empty_reported = False
 
+    def reconfigure(self, frames_required: int, window_frames: int, window_seconds: float,
+                    cooldown_seconds: float) -> None:
+        """New k/n/window/cooldown (a config reload), keeping the recent frames and the cooldowns running."""
+        if frames_required > window_frames:
+            raise ValueError("frames_required cannot exceed window_frames")
+        self.k, self.n = frames_required, window_frames
+        self.window_seconds, self.cooldown_seconds = window_seconds, cooldown_seconds
+        self._history = collections.deque(self._history, maxlen=window_frames)
+
     def revoke(self, person_id: int) -> None:
         """Forget a grant that a later check (two-stage confirmation) turned down, so its cooldown does not block."""
         self._last_grant.pop(person_id, None)

@@ -288,15 +288,16 @@ class RecognizerService:
         self._reload_requested = True
 
     def reload(self) -> None:
-        """Re-read the config file: threshold, margin, sinks and door client; the camera keeps running."""
-        from ..app import effective_threshold
+        """Re-read the config file: [decision] (both thresholds, margin, k/n/window/cooldown), sinks, the door
+        client and components' settings (enrollment gates); the camera and the models keep running."""
         from ..config import load_config
         from .sinks import build_sinks
 
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
-            threshold = effective_threshold(new, self.recognizer.embedder)
+            self.recognizer.apply_decision_config(new)
+            threshold = self.recognizer.threshold
         except EdgeError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             self.bus.emit(Event("config_reloaded", f"reload failed, old config kept: {exc}", detail={"ok": False}),
@@ -305,12 +306,14 @@ class RecognizerService:
             return
         restart_needed = [name for name in ("camera", "detector", "embedder", "gallery", "state_dir", "models_dir")
                           if getattr(new, name) != getattr(self.config, name)]
-        self.recognizer.set_threshold(threshold)
-        self.recognizer.matcher.margin = new.decision.margin
         self.bus.replace_sinks(build_sinks(new.events))
         if new.door != self.config.door:
             self._build_door(new)
         self.config = new
+        for component in self.components:
+            # Components that hold settings (the enrollment gates) take the new config too.
+            if hasattr(component, "reload"):
+                component.reload(new)
         message = f"config reloaded: threshold {threshold:.3f}, margin {new.decision.margin:.3f}, {len(self.bus.sinks)} sink(s)"
         if restart_needed:
             message += f"; changes to {', '.join(restart_needed)} need a restart"
