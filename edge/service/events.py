@@ -20,40 +20,58 @@ from typing import Any, Callable, Iterable
 
 log = logging.getLogger("edge.events")
 
-# One stable 128-bit id per event kind (journalctl MESSAGE_ID=...).  Never change a value.
-MESSAGE_IDS = {
-    "granted": "f183ec6dc56f40c9bf81730be725b198",
-    "unknown": "358a4b5c4e964810a5a08f26863c6c04",
-    "no_face": "8e2db556260e4e08bf57c5b33d8c1371",
-    "unlock": "7bdae0cf5e504653a3f87376e74a0983",
-    "unlock_refused": "2f346f6e6b804cc5a75a335d4560d234",
-    "unlock_failed": "c2505004fcb64cf1849aa7de4b9bb8a2",
-    "door_opened": "452a4b0da93c4423bc7999f9bd9a75be",
-    "door_closed": "d339f34ca88e4cd7b28f8079b97a197a",
-    "door_forced": "afac7caf127c461c83ebffb66b1c496f",
-    "door_left_open": "4f1249ce7ea444d8aecd5bb9077b8c09",
-    "door_lockout": "e8b22173f8614504b9ae6464b8091b49",
-    "relay": "105295a945a440758ef7a093fdd3574c",
-    "service_started": "4ea07190a84548e4a31cdc58f0082ed4",
-    "service_stopped": "a387811be5474c65bae7329e1e3f1249",
-    "config_reloaded": "6e3937e971684d76b206363a11b2a89d",
-    "sink_failed": "dfd7b6ee390545cda4a655a50f07ad62",
-}
-
 # syslog priorities
 ALERT, ERR, WARNING, NOTICE, INFO, DEBUG = 1, 3, 4, 5, 6, 7
-DEFAULT_PRIORITY = {
-    "door_forced": ALERT,
-    "door_lockout": ALERT,
-    "unlock_failed": ERR,
-    "door_left_open": WARNING,
-    "unlock_refused": WARNING,
-    "sink_failed": WARNING,
-    "granted": NOTICE,
-    "unlock": NOTICE,
-    "relay": DEBUG,
-    "no_face": DEBUG,
-}
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """Everything the sinks need to know about one kind of event, in one place.
+
+    ``message_id`` is its stable 128-bit journald id (``journalctl MESSAGE_ID=...``): never change a value.
+    ``home_assistant``: listed as an event type of the Home Assistant access entity.
+    ``door_state``: what the event says about the door ("open"/"closed"), for the door binary sensor.
+    """
+
+    name: str
+    message_id: str
+    priority: int = INFO
+    home_assistant: bool = False
+    door_state: str | None = None
+
+
+_KINDS = (
+    EventKind("granted", "f183ec6dc56f40c9bf81730be725b198", NOTICE, home_assistant=True),
+    EventKind("unknown", "358a4b5c4e964810a5a08f26863c6c04", home_assistant=True),
+    EventKind("no_face", "8e2db556260e4e08bf57c5b33d8c1371", DEBUG),
+    EventKind("unlock", "7bdae0cf5e504653a3f87376e74a0983", NOTICE, home_assistant=True),
+    EventKind("unlock_refused", "2f346f6e6b804cc5a75a335d4560d234", WARNING, home_assistant=True),
+    EventKind("unlock_failed", "c2505004fcb64cf1849aa7de4b9bb8a2", ERR, home_assistant=True),
+    EventKind("door_opened", "452a4b0da93c4423bc7999f9bd9a75be", home_assistant=True, door_state="open"),
+    EventKind("door_closed", "d339f34ca88e4cd7b28f8079b97a197a", home_assistant=True, door_state="closed"),
+    EventKind("door_forced", "afac7caf127c461c83ebffb66b1c496f", ALERT, home_assistant=True, door_state="open"),
+    EventKind("door_left_open", "4f1249ce7ea444d8aecd5bb9077b8c09", WARNING, home_assistant=True,
+              door_state="open"),
+    EventKind("door_lockout", "e8b22173f8614504b9ae6464b8091b49", ALERT, home_assistant=True),
+    EventKind("relay", "105295a945a440758ef7a093fdd3574c", DEBUG),
+    EventKind("service_started", "4ea07190a84548e4a31cdc58f0082ed4"),
+    EventKind("service_stopped", "a387811be5474c65bae7329e1e3f1249"),
+    EventKind("config_reloaded", "6e3937e971684d76b206363a11b2a89d"),
+    EventKind("sink_failed", "dfd7b6ee390545cda4a655a50f07ad62", WARNING),
+)
+KINDS: dict[str, EventKind] = {kind.name: kind for kind in _KINDS}
+# Views kept for journalctl users and tests.
+MESSAGE_IDS = {name: kind.message_id for name, kind in KINDS.items()}
+
+
+def event_kind(name: str) -> EventKind:
+    """The registered kind; an unknown name is a bug, not an event to file under another id."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown event kind {name!r}; register it in edge.service.events.KINDS") from None
+
+
 _LOGGING_LEVEL = {ALERT: logging.CRITICAL, ERR: logging.ERROR, WARNING: logging.WARNING, NOTICE: logging.INFO,
                   INFO: logging.INFO, DEBUG: logging.DEBUG}
 
@@ -70,9 +88,12 @@ class Event:
     model: str | None = None
     detail: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        event_kind(self.kind)
+
     @property
     def priority(self) -> int:
-        return DEFAULT_PRIORITY.get(self.kind, INFO)
+        return KINDS[self.kind].priority
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape sinks publish (Home Assistant reads ``event_type``)."""
@@ -124,7 +145,7 @@ class Journal:
         fields = event.journal_fields()
         if self._send is not None:
             try:
-                self._send(MESSAGE=event.message, MESSAGE_ID=MESSAGE_IDS.get(event.kind, MESSAGE_IDS["relay"]),
+                self._send(MESSAGE=event.message, MESSAGE_ID=KINDS[event.kind].message_id,
                            PRIORITY=str(event.priority), SYSLOG_IDENTIFIER=self.identifier, **fields)
                 return
             except (OSError, ValueError) as exc:  # journald gone or refused: fall through to the log line

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .events import KINDS
+
 log = logging.getLogger(__name__)
 
 _STOP = object()
@@ -119,8 +121,7 @@ class WebhookSink(QueuedSink):
                 raise OSError(f"HTTP {response.status}")
 
 
-EVENT_TYPES = ["granted", "unknown", "unlock", "unlock_refused", "unlock_failed", "door_opened", "door_closed",
-               "door_forced", "door_left_open", "door_lockout"]
+EVENT_TYPES = [kind.name for kind in KINDS.values() if kind.home_assistant]
 
 
 def discovery_messages(topic_prefix: str, discovery_prefix: str, node_id: str) -> list[tuple[str, dict]]:
@@ -188,11 +189,9 @@ class MqttSink(QueuedSink):
 
     def deliver(self, event: dict) -> None:
         self.client.publish(f"{self.base}/event", json.dumps(event), qos=1)
-        kind = event.get("event_type")
-        if kind in ("door_opened", "door_forced", "door_left_open"):
-            self.client.publish(f"{self.base}/door", "open", qos=1, retain=True)
-        elif kind == "door_closed":
-            self.client.publish(f"{self.base}/door", "closed", qos=1, retain=True)
+        kind = KINDS.get(event.get("event_type"))
+        if kind is not None and kind.door_state is not None:
+            self.client.publish(f"{self.base}/door", kind.door_state, qos=1, retain=True)
 
     def teardown(self) -> None:
         try:

@@ -1,0 +1,45 @@
+"""Everything chosen by name resolves: camera backends, lazy CLI commands, service components, event kinds."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from edge.camera import BACKENDS, source_class
+from edge.camera.base import FrameSource
+from edge.cli import LAZY_COMMANDS
+from edge.service.events import KINDS, MESSAGE_IDS, Event, event_kind
+from edge.service.recognizer_service import COMPONENTS
+from edge.service.sinks import EVENT_TYPES
+from edge.types import Outcome
+
+
+def resolve(target: str):
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_every_camera_backend_resolves(name):
+    cls = source_class(name)
+    assert issubclass(cls, FrameSource) and cls.name == name
+
+
+@pytest.mark.parametrize("target", sorted({**LAZY_COMMANDS, **COMPONENTS}.values()))
+def test_every_lazy_command_and_component_resolves(target):
+    assert callable(resolve(target))
+
+
+def test_event_kinds_are_one_registry():
+    assert len(set(MESSAGE_IDS.values())) == len(KINDS)
+    assert all(kind.name == name for name, kind in KINDS.items())
+    for outcome in Outcome:  # every decision becomes an event of a registered kind
+        assert event_kind(outcome.value).name == outcome.value
+    assert set(EVENT_TYPES) <= set(KINDS) and "granted" in EVENT_TYPES and "relay" not in EVENT_TYPES
+    assert {k.name for k in KINDS.values() if k.door_state == "closed"} == {"door_closed"}
+
+
+def test_an_unknown_event_kind_is_an_error_not_the_relay_id():
+    with pytest.raises(ValueError, match="unknown event kind 'grantd'"):
+        Event("grantd", "typo")
