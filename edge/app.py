@@ -18,12 +18,13 @@ from .bundle import load_bundle
 from .camera import FrameSource, open_source
 from .config import DEMO_DIR, Config
 from .decide import Decider
-from .detect import YuNetDetector
-from .embedder import TFLiteEmbedder
+from .detect import Detector
+from .embedder import Embedder
 from .errors import ConfigError, GalleryError, ModelError
 from .gallery import Gallery
 from .matcher import Matcher
 from .pipeline import FrameResult, analyse_frame, crops_for
+from .registry import Registry
 from .types import Decision, Outcome
 
 log = logging.getLogger(__name__)
@@ -45,34 +46,38 @@ class RunStats:
         return self.frames / elapsed if elapsed > 0 else 0.0
 
 
-def build_detector(config: Config) -> YuNetDetector:
+DETECTORS = Registry("detector backend", "edge.detectors", {"opencv-yunet": "edge.detect:YuNetDetector"})
+EMBEDDERS = Registry("embedder backend", "edge.embedders", {"tflite": "edge.embedder:TFLiteEmbedder"})
+
+
+def build_detector(config: Config) -> Detector:
     bundle = load_bundle(config.model_path(config.detector.model), expect_kind="detector")
-    d = config.detector
-    return YuNetDetector(bundle, d.score_threshold, d.nms_threshold, d.min_face_size)
+    return DETECTORS.load(bundle.backend).from_config(bundle, config)
 
 
-def build_embedder(config: Config) -> TFLiteEmbedder:
-    bundle = load_bundle(config.model_path(config.embedder.model), expect_kind="embedder")
-    return TFLiteEmbedder(bundle, config.embedder.threads, config.embedder.runtime)
+def build_embedder(config: Config, model: str | None = None) -> Embedder:
+    """The embedder of ``model`` (default ``embedder.model``), run by the backend its manifest names."""
+    bundle = load_bundle(config.model_path(model or config.embedder.model), expect_kind="embedder")
+    return EMBEDDERS.load(bundle.backend).from_config(bundle, config)
 
 
-def build_companions(config: Config, main_model_id: str) -> list[TFLiteEmbedder]:
+def build_companions(config: Config, main_model_id: str) -> list[Embedder]:
     """Embedders whose samples enrollment stores beside the main one's (the two-stage confirmer).
 
     ``main_model_id`` is the already loaded main embedder's, so its bundle is not hashed twice.
     """
     if not config.embedder.confirm_model:
         return []
-    bundle = load_bundle(config.model_path(config.embedder.confirm_model), expect_kind="embedder")
-    if bundle.model_id == main_model_id:
+    confirmer = build_embedder(config, config.embedder.confirm_model)
+    if confirmer.model_id == main_model_id:
         raise ConfigError(
-            f"embedder.confirm_model is the same model as embedder.model ({bundle.model_id}); "
+            f"embedder.confirm_model is the same model as embedder.model ({confirmer.model_id}); "
             "two-stage needs a different, more accurate model (or leave confirm_model empty)"
         )
-    return [TFLiteEmbedder(bundle, config.embedder.threads, config.embedder.runtime)]
+    return [confirmer]
 
 
-def effective_threshold(config: Config, embedder: TFLiteEmbedder, override: float | None = None) -> float:
+def effective_threshold(config: Config, embedder: Embedder, override: float | None = None) -> float:
     override = config.decision.threshold if override is None else override
     if override > 0:
         span = embedder.bundle.threshold_range

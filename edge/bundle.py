@@ -27,6 +27,8 @@ from .errors import ModelError, ModelIntegrityError
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edge-model-bundle/1"
 KINDS = ("embedder", "detector")
+# Bundles written before manifests named their backend: what ran them then.
+DEFAULT_BACKENDS = {"embedder": "tflite", "detector": "opencv-yunet"}
 SEAL = "manifest_sha256"
 _MODEL_ID_VERSION = "edge-model-id/2"
 
@@ -102,6 +104,11 @@ class Bundle:
         if not isinstance(tuned, dict):
             raise ModelError(f"model bundle {self.root}: 'threshold' is not a table")
         return tuned
+
+    @property
+    def backend(self) -> str:
+        """The registered backend that runs this bundle (``edge.detectors`` / ``edge.embedders``)."""
+        return self.manifest.get("backend") or DEFAULT_BACKENDS[self.kind]
 
     @property
     def input_spec(self) -> dict[str, Any]:

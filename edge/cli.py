@@ -74,29 +74,24 @@ LAZY_COMMANDS = {
 }
 
 
+def _commands():
+    from .registry import Registry
+
+    return Registry("command", "edge.commands", LAZY_COMMANDS)
+
+
 class _Group(click.Group):
     def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy(n)})
+        commands = _commands()
+        return sorted(set(super().list_commands(ctx)) | {n for n in commands.names() if commands.optional(n)})
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
-        return command if command is not None else self._lazy(name)
-
-    @staticmethod
-    def _lazy(name):
-        import importlib
-
-        target = LAZY_COMMANDS.get(name)
-        if target is None:
-            return None
-        module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                return None  # not part of this install
-            raise
-        return getattr(module, attr)
+        if command is not None:
+            return command
+        commands = _commands()
+        # A command of an extra that is not installed is absent, not an error.
+        return commands.optional(name) if name in commands.names() else None
 
 
 @click.group(cls=_Group)

@@ -50,7 +50,7 @@ def _field(default: Any, *, lo: float | None = None, hi: float | None = None, ch
 
 @dataclass(frozen=True)
 class CameraConfig:
-    source: str = _field("replay", choices=("replay", "opencv", "picamera2", "fake"), doc="frame source backend")
+    source: str = _field("replay", doc="frame source backend: replay, opencv, picamera2, fake, or one a package registers")
     path: str = _field("", doc="replay: folder of images or a video; opencv: /dev/videoN, an index, RTSP URL or file")
     width: int = _field(640, lo=64, hi=4096, doc="main stream width (what faces are cropped from)")
     height: int = _field(480, lo=48, hi=3072, doc="main stream height")
@@ -73,6 +73,8 @@ class EmbedderConfig:
     model: str = _field("sface-int8", doc="bundle name under models_dir, or a path to a bundle folder")
     threads: int = _field(2, lo=1, hi=16, doc="XNNPACK threads")
     runtime: str = _field("auto", choices=("auto", "ai-edge-litert", "tflite-runtime"))
+    delegate: str = _field("", doc="TFLite external delegate library for an accelerator (e.g. libedgetpu.so.1 for a "
+                                   "Coral; the model must be compiled for it); empty: XNNPACK on the CPU")
     confirm_model: str = _field(
         "", doc="two-stage: an accurate bundle that confirms once before an unlock (empty: off); "
                 "enrollment then stores samples of both models"
@@ -310,6 +312,10 @@ def _build(cls, data: Any, prefix: str):
 
 
 def _cross_check(config: Config) -> None:
+    from .camera import CAMERAS  # late: the camera package imports this module
+
+    if config.camera.source not in CAMERAS.names():
+        raise ConfigError(f"camera.source: {shown(config.camera.source)} is not one of {', '.join(CAMERAS.names())}")
     d = config.decision
     if d.frames_required > d.window_frames:
         raise ConfigError(

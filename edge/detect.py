@@ -26,7 +26,16 @@ class Detector(abc.ABC):
     (``frame.main``): on a lores image it is scaled down accordingly.
     """
 
+    bundle: Bundle
     min_face_size: float = 0
+
+    @classmethod
+    def from_config(cls, bundle: Bundle, config) -> "Detector":
+        """Build the backend for ``bundle`` with the settings of ``config.detector`` (see :data:`edge.app.DETECTORS`).
+
+        Backends the model tool builds directly (its TFLite YuNet study) do not override it.
+        """
+        raise ModelError(f"{cls.__name__} is a model-tool backend; a device bundle cannot select it")
 
     @abc.abstractmethod
     def detect_image(self, image: np.ndarray, min_size: float | None = None) -> list[Face]:
@@ -70,6 +79,11 @@ class YuNetDetector(Detector):
         except cv2.error as exc:
             raise ModelError(f"detector {bundle.model_path} could not be loaded: {exc}") from exc
         self._input_size = (320, 320)
+
+    @classmethod
+    def from_config(cls, bundle: Bundle, config) -> "YuNetDetector":
+        d = config.detector
+        return cls(bundle, d.score_threshold, d.nms_threshold, d.min_face_size)
 
     def detect_image(self, image: np.ndarray, min_size: float | None = None) -> list[Face]:
         min_size = self.min_face_size if min_size is None else min_size

@@ -29,12 +29,25 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class Embedder(abc.ABC):
-    """Turns aligned face crops into L2-normalised embeddings."""
+    """Turns aligned face crops into L2-normalised embeddings.
 
+    A backend is chosen by its bundle's manifest (``backend``, see :data:`edge.app.EMBEDDERS`)
+    and built once at start-up with :meth:`from_config`.
+    """
+
+    bundle: Bundle
     model_id: str
     legacy_model_id: str | None = None  # what galleries enrolled before manifest sealing recorded
     embedding_size: int
     input_size: int
+
+    @classmethod
+    def from_config(cls, bundle: Bundle, config) -> "Embedder":
+        """Build the backend for ``bundle`` with the settings of ``config.embedder``.
+
+        Backends the model tool builds directly (its float ONNX reference) do not override it.
+        """
+        raise ModelError(f"{cls.__name__} is a model-tool backend; a device bundle cannot select it")
 
     @abc.abstractmethod
     def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -67,7 +80,7 @@ def preprocess(crops: Sequence[np.ndarray] | np.ndarray, spec: dict) -> np.ndarr
 class TFLiteEmbedder(Embedder):
     """A (full-INT8 or float) TFLite embedder; quantises input and dequantises output itself."""
 
-    def __init__(self, bundle: Bundle, threads: int = 2, runtime: str = "auto") -> None:
+    def __init__(self, bundle: Bundle, threads: int = 2, runtime: str = "auto", delegate: str = "") -> None:
         if bundle.kind != "embedder":
             raise ModelError(f"{bundle.root} is a {bundle.kind}, not an embedder")
         self.bundle = bundle
@@ -75,7 +88,7 @@ class TFLiteEmbedder(Embedder):
         self.legacy_model_id = bundle.legacy_model_id
         self._spec = bundle.input_spec
         self.input_size = int(self._spec.get("width", 112))
-        self._interpreter, self.runtime = load_interpreter(bundle.model_path, threads, runtime)
+        self._interpreter, self.runtime = load_interpreter(bundle.model_path, threads, runtime, delegate)
         self._in = self._interpreter.get_input_details()[0]
         self._out = self._interpreter.get_output_details()[0]
         shape = tuple(self._in["shape"])
@@ -91,6 +104,11 @@ class TFLiteEmbedder(Embedder):
                 f"{bundle.model_path}: output size {self.embedding_size} but manifest says {declared}"
             )
         self._batch = int(shape[0])
+
+    @classmethod
+    def from_config(cls, bundle: Bundle, config) -> "TFLiteEmbedder":
+        e = config.embedder
+        return cls(bundle, e.threads, e.runtime, e.delegate)
 
     def _resize(self, batch: int) -> None:
         if batch == self._batch:

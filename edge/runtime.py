@@ -74,16 +74,31 @@ def resolve_runtime(requested: str = "auto") -> str:
     )
 
 
-def load_interpreter(model_path: str | Path, threads: int = 2, runtime: str = "auto") -> tuple[Any, str]:
+def load_delegate(name: str, library: str) -> Any:
+    """An external delegate (e.g. ``libedgetpu.so.1`` for a Coral) from the chosen runtime."""
+    module = importlib.import_module(RUNTIMES[name])
+    try:
+        return module.load_delegate(library)
+    except (ValueError, OSError, RuntimeError, AttributeError) as exc:
+        raise RuntimeShimError(
+            f"{name} could not load the delegate {library!r} ({type(exc).__name__}: {exc}); is the accelerator's "
+            "runtime library installed (e.g. libedgetpu1-std for a Coral)? Leave embedder.delegate empty for the CPU"
+        ) from exc
+
+
+def load_interpreter(model_path: str | Path, threads: int = 2, runtime: str = "auto",
+                     delegate: str = "") -> tuple[Any, str]:
     """Build an allocated interpreter for ``model_path``; returns (interpreter, runtime name).
 
     XNNPACK is the default delegate of both runtimes for float and int8 models;
-    ``num_threads`` is what sizes its thread pool.
+    ``num_threads`` is what sizes its thread pool.  ``delegate`` names an external
+    delegate library instead (an accelerator); the model must be compiled for it.
     """
     name = resolve_runtime(runtime)
     cls = _interpreter_class(name)
+    extra = {"experimental_delegates": [load_delegate(name, delegate)]} if delegate else {}
     try:
-        interpreter = cls(model_path=str(model_path), num_threads=int(threads))
+        interpreter = cls(model_path=str(model_path), num_threads=int(threads), **extra)
         interpreter.allocate_tensors()
     except (ImportError, AttributeError, RuntimeError, ValueError, SystemError) as exc:
         if name == "tflite-runtime" and _numpy_major() >= 2:

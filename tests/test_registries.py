@@ -6,7 +6,12 @@ import importlib
 
 import pytest
 
+from edge.app import DETECTORS, EMBEDDERS
+from edge.bundle import load_bundle
 from edge.camera import BACKENDS, source_class
+from edge.detect import Detector
+from edge.embedder import Embedder
+from edge.errors import ConfigError
 from edge.camera.base import FrameSource
 from edge.cli import LAZY_COMMANDS
 from edge.service.events import KINDS, MESSAGE_IDS, Event, event_kind
@@ -14,10 +19,27 @@ from edge.service.recognizer_service import COMPONENTS
 from edge.service.sinks import EVENT_TYPES
 from edge.types import Outcome
 
+from .conftest import MODELS
+
 
 def resolve(target: str):
     module_name, attr = target.split(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+@pytest.mark.parametrize("registry, base", [(DETECTORS, Detector), (EMBEDDERS, Embedder)])
+def test_every_model_backend_resolves_and_the_shipped_bundles_name_one(registry, base):
+    for name in registry.names():
+        assert issubclass(registry.load(name), base)
+    for bundle in ("yunet", "sface-int8", "student-int8"):
+        loaded = load_bundle(MODELS / bundle)
+        if loaded.kind == base.__name__.lower():
+            assert loaded.backend in registry.names()
+
+
+def test_an_unknown_backend_in_a_manifest_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown embedder backend 'coral-magic'; choose one of tflite"):
+        EMBEDDERS.load("coral-magic")
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))

@@ -61,3 +61,18 @@ def test_unknown_or_missing_runtime(monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(RuntimeShimError, match="not installed"):
         runtime.resolve_runtime("tflite-runtime")
+
+
+def test_a_missing_accelerator_delegate_keeps_the_recognizer_down(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    config = tmp_path / "edge.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[embedder]\ndelegate = "/nonexistent/libedgetpu.so.1"\n')
+    for command in ("check-config", "run"):
+        result = subprocess.run([sys.executable, "-m", "edge.cli", command, "-c", str(config)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 69, result.stderr
+        assert "could not load the delegate '/nonexistent/libedgetpu.so.1'" in result.stderr

@@ -7,10 +7,8 @@ Pi camera stack.
 
 from __future__ import annotations
 
-import importlib
-
 from ..config import Config
-from ..errors import ConfigError
+from ..registry import Registry
 from .base import FrameSource, make_lores
 
 BACKENDS = {
@@ -21,12 +19,11 @@ BACKENDS = {
 }
 
 
+CAMERAS = Registry("camera source", "edge.cameras", BACKENDS)
+
+
 def source_class(name: str) -> type[FrameSource]:
-    try:
-        module_name, cls_name = BACKENDS[name].split(":")
-    except KeyError as exc:
-        raise ConfigError(f"unknown camera source {name!r}; choose one of {', '.join(BACKENDS)}") from exc
-    return getattr(importlib.import_module(module_name), cls_name)
+    return CAMERAS.load(name)
 
 
 def open_source(config: Config) -> FrameSource:
@@ -35,4 +32,4 @@ def open_source(config: Config) -> FrameSource:
     return cls.from_config(config)
 
 
-__all__ = ["FrameSource", "make_lores", "open_source", "source_class", "BACKENDS"]
+__all__ = ["FrameSource", "make_lores", "open_source", "source_class", "BACKENDS", "CAMERAS"]

@@ -36,7 +36,6 @@ likewise receive each :class:`edge.types.Decision`.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import queue
 import signal
@@ -162,6 +161,7 @@ class RecognizerService:
         """Everything that can fail before the first frame; raises EdgeError with a clear message."""
         from ..app import Recognizer
         from ..camera import open_source
+        from ..registry import Registry
         from .sinks import build_sinks
 
         self.notifier.status("loading models and gallery")
@@ -169,16 +169,13 @@ class RecognizerService:
         self.recognizer = Recognizer(self.config, source=_GuardedSource(source, self))
         self.bus = EventBus(Journal("edge"), audit=self.recognizer.gallery.log_event, sinks=build_sinks(self.config.events))
         self._build_door(self.config)
-        for name, target in COMPONENTS.items():
-            module_name, attr = target.split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name and module_name.startswith(exc.name):
-                    log.debug("component %s not installed", name)
-                    continue
-                raise
-            self.add_component(getattr(module, attr))
+        components = Registry("service component", "edge.components", COMPONENTS)
+        for name in components.names():
+            factory = components.optional(name)
+            if factory is None:
+                log.debug("component %s not installed", name)
+                continue
+            self.add_component(factory)
         for component in self.components:
             component.start()
 
