@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .bundle import load_bundle
+from .checks import build_checks
 from .camera import FrameSource, open_source
 from .config import DEMO_DIR, Config
 from .decide import Decider
@@ -118,9 +119,10 @@ def enroll_demo_people(gallery: Gallery, detector, embedder, companions=()) -> l
 class Recognizer:
     """Owns the models, the gallery handle, the matcher, the decider and the frame source."""
 
-    def __init__(self, config: Config, source: FrameSource | None = None) -> None:
+    def __init__(self, config: Config, source: FrameSource | None = None, checks=None) -> None:
         self.config = config
         self.detector = build_detector(config)
+        self.checks = build_checks(config) if checks is None else list(checks)
         self.embedder = build_embedder(config)
         self.threshold = effective_threshold(config, self.embedder)
         self.companions = build_companions(config, self.embedder.model_id)
@@ -203,10 +205,11 @@ class Recognizer:
                     if on_started is not None:
                         on_started(stats)
                 self.matcher.maybe_reload()
-                result = analyse_frame(frame, self.detector, self.embedder, self.matcher)
+                result = analyse_frame(frame, self.detector, self.embedder, self.matcher, checks=self.checks)
                 stats.frames += 1
-                stats.faces += len(result.faces)
-                decision = self.decider.update(frame.index, frame.timestamp, list(result.matches))
+                stats.faces += result.face_count
+                decision = self.decider.update(frame.index, frame.timestamp, list(result.matches),
+                                               [verdict for _, verdict in result.refused])
                 if decision is not None and decision.outcome is Outcome.GRANTED and self.confirmer is not None:
                     decision = self._confirm(decision, result)
                 if on_frame is not None:
@@ -228,8 +231,10 @@ class Recognizer:
         """Two-stage: embed the granting face once with the accurate model; unconfirmed means unknown."""
         self.confirm_matcher.maybe_reload()
         index = next(i for i, m in enumerate(result.matches) if m.person_id == decision.person_id and m.accepted)
-        crop = crops_for(result.frame, [result.faces[index]], self.confirmer.input_size)
-        match = self.confirm_matcher.match(self.confirmer.embed(crop))[0]
+        crop = result.crops[index]
+        if crop.shape[0] != self.confirmer.input_size:
+            crop = crops_for(result.frame, [result.faces[index]], self.confirmer.input_size)[0]
+        match = self.confirm_matcher.match(self.confirmer.embed([crop]))[0]
         if match.accepted and match.person_id == decision.person_id:
             log.info("two-stage: %s confirmed by %s (distance %.3f)", decision.name, self.confirmer.model_id,
                      match.distance)

@@ -137,6 +137,7 @@ def run(config_path, max_frames, as_json):
                 "outcome": decision.outcome.value, "name": decision.name, "distance": decision.distance,
                 "frames": decision.frames, "window": decision.window, "frame": decision.frame_index,
                 "model": decision.model, "since_start_s": round(time.monotonic() - started, 3),
+                **({"check": decision.check, "reason": decision.reason} if decision.check else {}),
             }))
         else:
             click.echo(decision.describe())

@@ -99,6 +99,8 @@ class DecisionConfig:
     confirm_threshold: float = _field(
         0.0, lo=0.0, hi=2.0, doc="two-stage: L2 threshold of the confirming model; 0 uses its manifest's tuned value"
     )
+    face_checks: str = _field("", doc="comma-separated face checks (edge.checks registry) run before embedding; "
+                                      "a face one turns down never counts towards a grant; empty: none")
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,12 @@ def _build(cls, data: Any, prefix: str):
 def _cross_check(config: Config) -> None:
     from .camera import CAMERAS  # late: the camera package imports this module
 
+    from .checks import CHECKS, check_names
+
+    unknown = [name for name in check_names(config) if name not in CHECKS.names()]
+    if unknown:
+        raise ConfigError(f"decision.face_checks: {', '.join(map(shown, unknown))} not registered; "
+                          f"known: {', '.join(CHECKS.names()) or 'none installed'}")
     if config.camera.source not in CAMERAS.names():
         raise ConfigError(f"camera.source: {shown(config.camera.source)} is not one of {', '.join(CAMERAS.names())}")
     d = config.decision

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-from .types import Decision, Match, Outcome
+from .types import Decision, Match, Outcome, Verdict
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class _Observation:
     name: str | None
     distance: float | None
     has_face: bool
+    refusal: Verdict | None = None  # no face accepted and a face check turned one down
 
 
 class Decider:
@@ -59,15 +60,19 @@ class Decider:
         pool = accepted or matches
         return min(pool, key=lambda m: m.distance) if pool else None
 
-    def update(self, frame_index: int, timestamp: float, matches: list[Match]) -> Decision | None:
+    def update(self, frame_index: int, timestamp: float, matches: list[Match],
+               refusals: list[Verdict] | tuple[Verdict, ...] = ()) -> Decision | None:
+        """``refusals``: verdicts of faces a face check turned down in this frame (never matched)."""
         best = self._best(matches)
+        accepted = best is not None and best.accepted
         observation = _Observation(
             timestamp=timestamp,
             frame_index=frame_index,
-            person_id=best.person_id if best is not None and best.accepted else None,
-            name=best.name if best is not None and best.accepted else None,
+            person_id=best.person_id if accepted else None,
+            name=best.name if accepted else None,
             distance=None if best is None or best.distance == float("inf") else best.distance,
-            has_face=best is not None,
+            has_face=best is not None or bool(refusals),
+            refusal=refusals[0] if refusals and not accepted else None,
         )
         self._history.append(observation)
         while self._history and timestamp - self._history[0].timestamp > self.window_seconds:
@@ -101,7 +106,14 @@ class Decider:
                 )
             return None
 
-        rejected = [o for o in recent if o.has_face and o.person_id is None]
+        refused = [o for o in recent if o.refusal is not None]
+        if len(refused) >= self.k and not self._unknown_reported:
+            # An attack is worth more than "unknown": it is this visit's one decision.
+            self._unknown_reported = True
+            verdict = refused[-1].refusal
+            return Decision(Outcome.REFUSED, timestamp, frame_index, frames=len(refused), window=len(recent),
+                            model=self.model_id, check=verdict.check, reason=verdict.reason)
+        rejected = [o for o in recent if o.has_face and o.person_id is None and o.refusal is None]
         if len(rejected) >= self.k and not self._unknown_reported:
             self._unknown_reported = True
             distances = [o.distance for o in rejected if o.distance is not None]

@@ -60,6 +60,9 @@ def check_recognizer(config: Config) -> list[str]:
     else:
         _writable_dir(gallery_path.parent, "gallery")
         report.append(f"gallery {gallery_path}: will be created")
+    from .checks import build_checks
+
+    report += [f"face check {check.name}: built" for check in build_checks(config)]
     report.append("camera " + source_class(config.camera.source).check(config))
     events = config.events
     if events.mqtt_host:

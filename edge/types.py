@@ -69,10 +69,21 @@ class Match:
         )
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A face check's answer for one face (see :mod:`edge.checks`)."""
+
+    check: str
+    passed: bool
+    score: float | None = None
+    reason: str = ""
+
+
 class Outcome(str, enum.Enum):
     GRANTED = "granted"
     UNKNOWN = "unknown"
     NO_FACE = "no_face"
+    REFUSED = "refused"  # faces turned down by a face check (e.g. a presentation attack)
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class Decision:
     frames: int = 0
     window: int = 0
     model: str = ""
+    check: str | None = None  # REFUSED: the face check that turned the faces down, and why
+    reason: str = ""
 
     def describe(self) -> str:
         """One human line, as printed by ``edge run`` and written to the journal."""
@@ -99,4 +112,7 @@ class Decision:
         if self.outcome is Outcome.UNKNOWN:
             dist = "" if self.distance is None else f" distance={self.distance:.3f}"
             return f"unknown{dist} frames={self.frames}/{self.window} frame={self.frame_index}"
+        if self.outcome is Outcome.REFUSED:
+            return (f"refused check={self.check} reason={self.reason!r} "
+                    f"frames={self.frames}/{self.window} frame={self.frame_index}")
         return f"no_face frames={self.frames}/{self.window} frame={self.frame_index}"

@@ -44,6 +44,7 @@ _KINDS = (
     EventKind("granted", "f183ec6dc56f40c9bf81730be725b198", NOTICE, home_assistant=True),
     EventKind("unknown", "358a4b5c4e964810a5a08f26863c6c04", home_assistant=True),
     EventKind("no_face", "8e2db556260e4e08bf57c5b33d8c1371", DEBUG),
+    EventKind("refused", "1a6bd845974b48f99bb4e20cc9ebfa00", WARNING, home_assistant=True),
     EventKind("unlock", "7bdae0cf5e504653a3f87376e74a0983", NOTICE, home_assistant=True),
     EventKind("unlock_refused", "2f346f6e6b804cc5a75a335d4560d234", WARNING, home_assistant=True),
     EventKind("unlock_failed", "c2505004fcb64cf1849aa7de4b9bb8a2", ERR, home_assistant=True),
@@ -191,5 +192,6 @@ def decision_event(decision) -> Event:
     return Event(
         kind=decision.outcome.value, message=decision.describe(), person=decision.name, person_id=decision.person_id,
         distance=decision.distance, frames=decision.frames, model=decision.model or None,
-        detail={"window": decision.window, "frame": decision.frame_index},
+        detail={"window": decision.window, "frame": decision.frame_index,
+                **({"check": decision.check, "reason": decision.reason} if decision.check else {})},
     )
