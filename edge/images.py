@@ -57,6 +57,18 @@ def _png_size(data: bytes) -> tuple[int, int]:
     length, kind, width, height = _unpack(">I4sII", data, 8)
     if kind != b"IHDR" or length != 13:
         raise _HeaderError("no IHDR chunk where PNG requires it")
+    # OpenCV 4.11's PNG reader (the APNG one) allocates and zero-fills each
+    # chunk's declared length before reading it: a 4 kB file declaring a
+    # 2 GB chunk takes 2 GB, whatever the image size.  So every chunk must fit
+    # in the file, which bounds those allocations by the file size.
+    pos, end = 8, len(data)
+    while pos + 8 <= end:
+        length, kind = _unpack(">I4s", data, pos)
+        if pos + 12 + length > end:
+            raise _HeaderError(f"chunk {kind!r} declares {length:,} bytes, more than the file holds")
+        if kind == b"IEND":
+            break
+        pos += 12 + length
     return width, height
 
 

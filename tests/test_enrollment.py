@@ -280,3 +280,34 @@ def test_rename_and_remove(config_file):
     assert "deleted 1 embeddings and 0 crops; events kept" in run_cli(config_file, "remove", "Guest").output
     result = run_cli(config_file, "remove", "Guest", ok=False)
     assert result.exit_code == 67
+
+
+def test_name_stored_decomposed_by_an_older_gallery_is_the_same_person(config_file):
+    # Galleries written before names were NFC-normalised can hold "Jose" + U+0301
+    # (a folder copied from macOS is named that way): enrolling "José" again must
+    # add to that person, not refuse the face as someone else's or create a twin.
+    run_cli(config_file, "files", "Jos\u00e9 Ruiz", str(FIXTURES / "person_a_1.jpg"))
+    path = load_config(config_file).gallery_path()
+    with Gallery(path) as gallery:
+        gallery.db.execute("UPDATE people SET name = ?", ["Jose\u0301 Ruiz"])
+        gallery.db.execute("UPDATE events SET name = ?", ["Jose\u0301 Ruiz"])
+    result = run_cli(config_file, "files", "Jos\u00e9 Ruiz", str(FIXTURES / "person_a_2.jpg"))
+    assert "accepted Jos\u00e9 Ruiz" in result.output
+    with Gallery(path) as gallery:
+        assert {p.name: p.samples for p in gallery.people()} == {"Jos\u00e9 Ruiz": 2}  # healed to NFC
+        assert {e["name"] for e in gallery.events(kind="enrolled")} == {"Jos\u00e9 Ruiz"}
+    # The same file again is skipped as already enrolled by that person, not "another person's".
+    again = run_cli(config_file, "files", "Jose\u0301 Ruiz", str(FIXTURES / "person_a_1.jpg"))
+    assert "skipped" in again.output and "already enrolled" in again.output
+
+
+def test_bad_person_in_a_folder_does_not_stop_the_others(config_file, people_dir):
+    (people_dir / "___").mkdir()
+    shutil.copy(FIXTURES / "impostor_1.jpg", people_dir / "___" / "x.jpg")
+    (people_dir / "No_Photos").mkdir()
+    result = run_cli(config_file, "folder", str(people_dir), "--json", ok=False)
+    assert result.exit_code == 65
+    report = {p["name"]: p for p in json.loads(result.output.strip().splitlines()[0])}
+    assert report["Emmanuel Macron"]["added"] == 2 and report["Jacinda Ardern"]["added"] == 2
+    assert report["   "]["error"] == "a person's name cannot be empty"
+    assert report["No Photos"]["error"] == "no image files"
