@@ -100,9 +100,10 @@ def test_tiny_onnx_to_int8_bundle(tmp_path):
 
 
 def test_missing_file(tmp_path):
+    """A ConvertError is a ModelError: the boundary keeps its exit status (66, EX_NOINPUT), not click's 1."""
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "absent.onnx"), "--quant", "fp32"])
-    assert result.exit_code == 1
-    assert "does not exist" in result.output
+    assert result.exit_code == 66
+    assert "edge: error: " in result.output and "does not exist" in result.output
 
 
 def test_garbage_bytes(tmp_path):
@@ -110,7 +111,7 @@ def test_garbage_bytes(tmp_path):
     bad = tmp_path / "garbage.onnx"
     bad.write_bytes(bytes(range(256)) * 8)
     result = CliRunner().invoke(main, ["convert", str(bad), "--quant", "fp32", "--licence", "MIT"])
-    assert result.exit_code == 1
+    assert result.exit_code == 66
     assert "not a readable ONNX model" in result.output or "not a valid ONNX model" in result.output \
         or "holds no ONNX graph" in result.output
 
@@ -122,19 +123,19 @@ def test_onnx_that_is_not_a_model(tmp_path):
     tensor = tmp_path / "weights.onnx"  # a serialized TensorProto, not a ModelProto
     tensor.write_bytes(numpy_helper.from_array(np.ones((4, 4), np.float32), "w").SerializeToString())
     result = CliRunner().invoke(main, ["convert", str(tensor), "--quant", "fp32", "--licence", "MIT"])
-    assert result.exit_code == 1
+    assert result.exit_code == 66
     assert "ONNX" in result.output and "Traceback" not in result.output
 
 
 def test_not_an_embedder(tmp_path):
     src = _tiny_onnx(tmp_path / "dense.onnx", out_rank=4)
     result = CliRunner().invoke(main, ["convert", str(src), "--quant", "fp32", "--licence", "MIT"])
-    assert result.exit_code == 1
+    assert result.exit_code == 66
     assert "not a 2-D (N, D) embedding" in result.output
 
 
 def test_unknown_licence_refused(tmp_path):
     src = _tiny_onnx(tmp_path / "tiny.onnx")
     result = CliRunner().invoke(main, ["convert", str(src), "--quant", "fp32"])
-    assert result.exit_code == 1
+    assert result.exit_code == 66
     assert "--licence" in result.output

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,7 +16,14 @@ from click.testing import CliRunner
 from edge.bundle import read_manifest, sha256_file, write_manifest
 from edge.errors import ModelError
 from tools.model import metrics
-from tools.model.protocols import ProtocolError, load_protocol, parse_cfp, parse_lfw, parse_people, people_pairs
+from tools.model.protocols import (
+    PairsProtocolError,
+    load_protocol,
+    parse_cfp,
+    parse_lfw,
+    parse_people,
+    people_pairs,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "faces"
 REPO = Path(__file__).resolve().parents[1]
@@ -107,10 +116,10 @@ def test_lfw_without_header_cuts_consecutive_blocks(tmp_path):
 
 def test_lfw_header_mismatch_and_bad_lines(tmp_path):
     pairs_file = make_lfw(tmp_path, header="3 2")
-    with pytest.raises(ProtocolError, match="header says 3 folds"):
+    with pytest.raises(PairsProtocolError, match="header says 3 folds"):
         parse_lfw(pairs_file, tmp_path)
     pairs_file.write_text("Anna 1 2\nAnna one 2\n")
-    with pytest.raises(ProtocolError, match=r"pairs.txt:2: expected"):
+    with pytest.raises(PairsProtocolError, match=r"pairs.txt:2: expected"):
         parse_lfw(pairs_file, tmp_path)
 
 
@@ -118,16 +127,16 @@ def test_lfw_missing_image_names_the_line(tmp_path):
     pairs_file = make_lfw(tmp_path)
     text = pairs_file.read_text().replace("Bob 2 Ivan 2", "Bob 2 Ivan 7")
     pairs_file.write_text(text)
-    with pytest.raises(ProtocolError, match=r"pairs.txt:5: image .*Ivan_0007.jpg does not exist"):
+    with pytest.raises(PairsProtocolError, match=r"pairs.txt:5: image .*Ivan_0007.jpg does not exist"):
         parse_lfw(pairs_file, tmp_path)
 
 
 def test_missing_pairs_file_and_unknown_protocol(tmp_path):
-    with pytest.raises(ProtocolError, match="does not exist"):
+    with pytest.raises(PairsProtocolError, match="does not exist"):
         load_protocol("lfw", tmp_path)
-    with pytest.raises(ProtocolError, match="unknown protocol 'ytf'"):
+    with pytest.raises(PairsProtocolError, match="unknown protocol 'ytf'"):
         load_protocol("ytf", tmp_path)
-    with pytest.raises(ProtocolError, match="not a CFP tree"):
+    with pytest.raises(PairsProtocolError, match="not a CFP tree"):
         load_protocol("cfp-ff", tmp_path)
 
 
@@ -149,10 +158,10 @@ def test_cfp_parser_ff_and_fp(tmp_path):
 def test_cfp_missing_image_and_unknown_number_name_the_line(tmp_path):
     make_cfp(tmp_path)
     (tmp_path / "Data/Images/002/profile/02.jpg").unlink()
-    with pytest.raises(ProtocolError, match=r"FP/02/same.txt:1: image .*profile/02.jpg \(Pair_list_P.txt line 2\)"):
+    with pytest.raises(PairsProtocolError, match=r"FP/02/same.txt:1: image .*profile/02.jpg \(Pair_list_P.txt line 2\)"):
         parse_cfp(tmp_path, "FP")
     (tmp_path / "Protocol/Split/FF/02/diff.txt").write_text("2,9\n")
-    with pytest.raises(ProtocolError, match=r"FF/02/diff.txt:1: 9 is not in Pair_list_F.txt"):
+    with pytest.raises(PairsProtocolError, match=r"FF/02/diff.txt:1: 9 is not in Pair_list_F.txt"):
         parse_cfp(tmp_path, "FF")
 
 
@@ -167,7 +176,7 @@ def test_people_tree(tmp_path):
     assert genuine == [(0, 1), (2, 3)]
     assert impostor == [(0, 2), (0, 3), (1, 2), (1, 3)]
     shutil.rmtree(tmp_path / "b")
-    with pytest.raises(ProtocolError, match="at least two people"):
+    with pytest.raises(PairsProtocolError, match="at least two people"):
         parse_people(tmp_path)
 
 
@@ -324,10 +333,10 @@ def test_eval_cli_bad_inputs(tmp_path):
     result = runner.invoke(main, ["eval", str(tmp_path), "--protocol", "ytf", "--root", str(tmp_path)])
     assert result.exit_code == 2 and "ytf" in result.output
     result = runner.invoke(main, ["eval", str(tmp_path / "none.onnx"), "--protocol", "lfw", "--root", str(tmp_path)])
-    assert result.exit_code == 1 and "pairs.txt does not exist" in result.output
+    assert result.exit_code == 65 and "pairs.txt does not exist" in result.output  # PairsProtocolError
     make_lfw(tmp_path)
     result = runner.invoke(main, ["eval", str(tmp_path / "none.onnx"), "--protocol", "lfw", "--root", str(tmp_path)])
-    assert result.exit_code == 1 and "no such model" in result.output
+    assert result.exit_code == 66 and "no such model" in result.output  # ModelError
 
 
 # ------------------------------------------------------------------ tune
@@ -383,9 +392,9 @@ def test_tune_bad_inputs(tmp_path):
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"x")
     result = runner.invoke(main, ["tune", str(onnx), "--people", str(tmp_path)])
-    assert result.exit_code == 1 and "give a bundle folder" in result.output
+    assert result.exit_code == 66 and "give a bundle folder" in result.output  # ModelError
     result = runner.invoke(main, ["tune", str(tmp_path), "--people", str(tmp_path)])
-    assert result.exit_code == 1 and "manifest.json" in result.output
+    assert result.exit_code == 66 and "manifest.json" in result.output
     result = runner.invoke(main, ["tune", str(tmp_path), "--people", str(tmp_path), "--far", "0.5"])
     assert result.exit_code == 2 and "FAR" in result.output
 
@@ -428,5 +437,62 @@ def test_parse_people_reads_a_flat_identity_file(tmp_path):
     assert [p.name for p in paths] == ["person_a_1.jpg", "person_a_2.jpg", "impostor_1.jpg"]
     assert people == ["7", "7", "9"]
     (tmp_path / "identity.txt").write_text("missing.jpg 1\n")
-    with pytest.raises(ProtocolError, match="identity.txt:1: missing.jpg does not exist"):
+    with pytest.raises(PairsProtocolError, match="identity.txt:1: missing.jpg does not exist"):
         parse_people(tmp_path)
+
+
+# ------------------------------------------------------------------ exit statuses
+
+
+STUDENT_BUNDLE = REPO / "models" / "student-int8"
+
+
+def _edge_model(*args) -> subprocess.CompletedProcess:
+    """``edge-model ARGS`` as its own process, so the exit status is the one a shell or CI sees."""
+    return subprocess.run([sys.executable, "-m", "tools.model.cli", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def _tampered_bundle(tmp_path: Path) -> Path:
+    if not (STUDENT_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"{STUDENT_BUNDLE} not built")
+    bundle = tmp_path / "tampered"
+    shutil.copytree(STUDENT_BUNDLE, bundle)
+    model = bundle / read_manifest(bundle)["file"]
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    return bundle
+
+
+@pytest.mark.parametrize("subcommand", [["tune", "--people", "."], ["bench", "--threads", "1", "--batch", "1",
+                                                                    "--runs", "1", "--no-progress"]],
+                         ids=["tune", "bench"])
+def test_model_tool_keeps_the_exit_status_of_a_tampered_or_missing_bundle(tmp_path, subcommand):
+    """edge-model goes through edge's boundary: 65 for a model that fails its sha256, 66 for no bundle, not 1."""
+    name, *options = subcommand
+    tampered = _edge_model(name, _tampered_bundle(tmp_path), *options)
+    assert tampered.returncode == 65, tampered.stderr
+    assert tampered.stderr.startswith("edge: error: ") and "sha256" in tampered.stderr
+    assert "Traceback" not in tampered.stderr
+    missing = _edge_model(name, tmp_path / "no-such-bundle", *options)
+    assert missing.returncode == 66, missing.stderr
+    assert missing.stderr.startswith("edge: error: ") and "no-such-bundle" in missing.stderr
+
+
+def test_every_model_subcommand_goes_through_the_one_boundary():
+    """Each subcommand's callback is edge.cli.boundary's wrapper: none re-wraps errors as plain click ones."""
+    import click
+
+    from edge.cli import boundary
+    from tools.model.cli import SUBCOMMANDS, main
+
+    wrapper_code = boundary(lambda: None).__code__
+    ctx = click.Context(main)
+    for name in SUBCOMMANDS:
+        try:
+            command = main.get_command(ctx, name)
+        except click.ClickException:  # a subcommand whose build extra is missing here
+            continue
+        assert command is not None, name
+        assert command.callback.__code__ is wrapper_code, f"edge-model {name} bypasses edge.cli.boundary"

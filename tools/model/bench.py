@@ -18,7 +18,8 @@ import click
 import numpy as np
 
 from edge.bundle import load_bundle
-from edge.errors import EdgeError, ModelError
+from edge.cli import boundary
+from edge.errors import EdgeError, ModelError, RuntimeShimError
 from edge.runtime import available_runtimes, load_interpreter
 
 from .macs import count_tflite, human
@@ -82,7 +83,7 @@ def bench(targets: list[Path], runtimes: list[str] | None = None, threads: list[
 
     runtimes = list(runtimes or available_runtimes())
     if not runtimes:
-        raise ModelError("no TFLite runtime installed: pip install ai-edge-litert")
+        raise RuntimeShimError("no TFLite runtime installed: pip install ai-edge-litert")
     models = []
     jobs = [(t, r, n, b) for t in targets for r in runtimes for n in threads for b in batches]
     bar = tqdm(total=len(jobs), desc="bench", unit="cfg", disable=not progress)
@@ -156,11 +157,9 @@ def _int_list(text: str) -> list[int]:
 @click.option("--warmup", default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--no-progress", is_flag=True)
+@boundary
 def command(bundles, runtimes, threads, batches, runs, warmup, as_json, no_progress):
     """Latency (median, p90), size, MACs and parameters of BUNDLES (bundle folders or .tflite files)."""
-    try:
-        result = bench(list(bundles), list(runtimes) or None, _int_list(threads), _int_list(batches), runs, warmup,
-                       progress=not no_progress and not as_json)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = bench(list(bundles), list(runtimes) or None, _int_list(threads), _int_list(batches), runs, warmup,
+                   progress=not no_progress and not as_json)
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))

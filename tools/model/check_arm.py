@@ -46,7 +46,8 @@ import click
 import numpy as np
 
 from edge.bundle import load_bundle
-from edge.errors import EdgeError
+from edge.cli import boundary
+from edge.errors import EdgeError, NoFaceError
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,12 @@ PROFILES = {
 }
 
 
-class SetupError(click.ClickException):
-    """The emulation environment cannot be built or started (exit 69, EX_UNAVAILABLE)."""
+class SetupError(EdgeError):
+    """The emulation environment cannot be built or started (exit 69, EX_UNAVAILABLE).
+
+    An :class:`edge.errors.EdgeError` like every other failure, so the command's
+    boundary (:func:`edge.cli.boundary`) prints it and exits with its status.
+    """
 
     exit_code = 69
 
@@ -405,7 +410,7 @@ def load_faces(faces: Path, limit: int | None, size: int) -> np.ndarray:
 
     crop_set = build_crops([faces], size=size, limit=limit, cache_dir=REPO / ".cache" / "crops", progress=False)
     if len(crop_set.crops) == 0:
-        raise click.ClickException(f"no usable faces under {faces}")
+        raise NoFaceError(f"no usable faces under {faces}")
     return crop_set.crops
 
 
@@ -420,10 +425,7 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
     timings: dict[str, float] = {}
     started = time.monotonic()
     qemu = find_qemu()
-    try:
-        bundle = load_bundle(bundle_dir, expect_kind="embedder")
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    bundle = load_bundle(bundle_dir, expect_kind="embedder")
     size = int(bundle.input_spec.get("width", 112))
     with _locked(cache):
         root = build_root(cache, qemu, mirror)
@@ -556,13 +558,15 @@ def format_table(report: dict) -> str:
               show_default=True, help="Where the arm64 root and wheels are kept.")
 @click.option("--mirror", default=DEFAULT_MIRROR, show_default=True, help="Debian mirror for the arm64 root.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@boundary
 def command(bundle, faces, limit, cpus, runtimes, qemu_cpu, threads, int8_tolerance, min_cosine, timeout,
             cache_dir, mirror, as_json):
     """Run BUNDLE under qemu-aarch64 (Pi 4 / Pi 5 CPUs) and compare with x86, output by output.
 
     Each arm64 run is compared with the same runtime on x86.  Exits 0 when every
     runtime and CPU reproduces the x86 outputs (ai-edge-litert INT8: exactly),
-    1 on a mismatch or crash, 69 when the emulator cannot be set up.
+    1 on a mismatch or crash, 65 when the bundle fails its sha256 check, 69 when
+    the emulator cannot be set up.
     """
     report = check_arm(bundle, faces, tuple(cpus) or ("pi4", "pi5"), tuple(runtimes) or RUNTIMES, qemu_cpu,
                        threads, limit, cache_dir, int8_tolerance, min_cosine, timeout, mirror)

@@ -38,6 +38,7 @@ import click
 import numpy as np
 
 from edge.bundle import sha256_file, write_manifest
+from edge.cli import boundary
 from edge.embedder import preprocess
 from edge.errors import EdgeError, ModelError
 
@@ -751,16 +752,14 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/crops"), show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle folder.")
 @click.option("--no-progress", is_flag=True)
+@boundary
 def command(source, quants, kind, calib_roots, calib_count, seed, out, out_dir, name, model_version, licence,
             color, mean, std, cache_dir, force, no_progress):
     """Convert SOURCE (ONNX file, Keras file, SavedModel folder, or 'sface'/'yunet') into TFLite bundle(s)."""
-    try:
-        bundles = convert(
-            source, list(quants), kind, list(calib_roots), calib_count, seed, out, out_dir, name, model_version,
-            licence, color, _floats(mean), _floats(std), cache_dir, force, not no_progress,
-        )
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    bundles = convert(
+        source, list(quants), kind, list(calib_roots), calib_count, seed, out, out_dir, name, model_version,
+        licence, color, _floats(mean), _floats(std), cache_dir, force, not no_progress,
+    )
     for bundle in bundles:
         manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
         extra = ""

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge.align import align_face
 from edge.bundle import load_bundle
+from edge.cli import boundary
 from edge.detect import YuNetDetector
 from edge.errors import EdgeError
 from edge.images import is_image_file, load_image
@@ -173,10 +174,8 @@ def build_crops(
 @click.option("--limit", type=int, default=None, help="Sample at most this many images.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/crops"), show_default=True)
+@boundary
 def command(roots, size, limit, seed, cache_dir):
     """Detect and align faces under ROOTS once and cache the crops."""
-    try:
-        crop_set = build_crops(list(roots), size, limit, seed, cache_dir)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    crop_set = build_crops(list(roots), size, limit, seed, cache_dir)
     click.echo(f"{len(crop_set.paths)} crops of {size}x{size}")

@@ -28,6 +28,7 @@ import click
 import numpy as np
 
 from edge.bundle import load_bundle
+from edge.cli import boundary
 from edge.detect import YuNetDetector
 from edge.embedder import Embedder
 from edge.errors import EdgeError
@@ -304,6 +305,7 @@ def summary(report: dict) -> str:
 @click.option("--detector", type=click.Path(path_type=Path), default=DEFAULT_DETECTOR, show_default=True,
               help="Detector bundle.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@boundary
 def command(models, protocol, root, pairs_file, out, as_json, threads, detector, no_progress):
     """Verification accuracy of MODEL [MODEL2] (bundle folders or float .onnx files).
 
@@ -313,11 +315,8 @@ def command(models, protocol, root, pairs_file, out, as_json, threads, detector,
     """
     if len(models) > 2:
         raise click.UsageError("give one model, or two to compare")
-    try:
-        report = evaluate(list(models), protocol.lower(), root, pairs_file, out, threads, detector,
-                          progress=not no_progress)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = evaluate(list(models), protocol.lower(), root, pairs_file, out, threads, detector,
+                      progress=not no_progress)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -30,7 +30,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.errors import EdgeError, ModelError
+from edge.cli import boundary
+from edge.errors import ModelError
 
 WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D", "CONV_3D_TRANSPOSE"}
 ELEMENTWISE = {
@@ -177,17 +178,15 @@ def human(value: float) -> str:
 @click.command("macs")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
+@boundary
 def command(models, as_json):
     """MACs and parameters of .tflite files (or bundle folders)."""
     from edge.bundle import load_bundle
 
     results = {}
-    try:
-        for model in models:
-            target = load_bundle(model).model_path if Path(model).is_dir() else Path(model)
-            results[str(model)] = count_tflite(target)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    for model in models:
+        target = load_bundle(model).model_path if Path(model).is_dir() else Path(model)
+        results[str(model)] = count_tflite(target)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -14,7 +14,7 @@ Two layouts are read:
   both frontal; FP: ``a`` frontal, ``b`` profile).
 
 Every image a protocol names must exist: a missing one is a
-:class:`ProtocolError` naming the file and line, before any model runs.
+:class:`PairsProtocolError` naming the file and line, before any model runs.
 Folds are numbered from 0.
 """
 
@@ -30,8 +30,12 @@ from edge.images import is_image_file
 PROTOCOLS = ("lfw", "cfp-ff", "cfp-fp")
 
 
-class ProtocolError(EdgeError):
-    """A protocol file is missing, malformed or names an image that is not there."""
+class PairsProtocolError(EdgeError):
+    """A verification protocol (its pairs file, people folder or CFP tree) is missing, malformed or
+    names an image that is not there.
+
+    Not to be confused with :class:`edge.service.protocol.ProtocolError`, the lock socket's.
+    """
 
     exit_code = 65
 
@@ -58,11 +62,11 @@ class _Exists:
 
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
-        raise ProtocolError(f"protocol file {path} does not exist")
+        raise PairsProtocolError(f"protocol file {path} does not exist")
     try:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:
-        raise ProtocolError(f"protocol file {path}: cannot read: {exc}") from exc
+        raise PairsProtocolError(f"protocol file {path}: cannot read: {exc}") from exc
 
 
 # ---------------------------------------------------------------- LFW
@@ -76,7 +80,7 @@ def parse_lfw(pairs_file: str | Path, root: str | Path, default_folds: int = 10)
     """Pairs from an LFW-style ``pairs.txt``; images under ``root``."""
     pairs_file, root = Path(pairs_file), Path(root)
     if not root.is_dir():
-        raise ProtocolError(f"image root {root} is not a folder")
+        raise PairsProtocolError(f"image root {root} is not a folder")
     lines = _read_lines(pairs_file)
     exists = _Exists()
     raw: list[tuple[int, Path, Path, bool]] = []  # (line number, a, b, same)
@@ -97,20 +101,20 @@ def parse_lfw(pairs_file: str | Path, root: str | Path, default_folds: int = 10)
             else:
                 raise ValueError
         except ValueError:
-            raise ProtocolError(
+            raise PairsProtocolError(
                 f"{where}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {line.strip()!r}"
             ) from None
         for image in (a, b):
             if not exists(image):
-                raise ProtocolError(f"{where}: image {image} does not exist ({line.strip()!r})")
+                raise PairsProtocolError(f"{where}: image {image} does not exist ({line.strip()!r})")
         raw.append((number, a, b, same))
     if not raw:
-        raise ProtocolError(f"{pairs_file}: no pairs")
+        raise PairsProtocolError(f"{pairs_file}: no pairs")
     if header is not None:
         folds, per_class = header
         block = 2 * per_class
         if folds * block != len(raw):
-            raise ProtocolError(
+            raise PairsProtocolError(
                 f"{pairs_file}: header says {folds} folds of {per_class} same + {per_class} different "
                 f"pairs ({folds * block}), but the file has {len(raw)} pairs"
             )
@@ -128,7 +132,7 @@ def _cfp_protocol_dir(root: Path) -> Path:
     for candidate in (root / "Protocol", root):
         if (candidate / "Pair_list_F.txt").is_file():
             return candidate
-    raise ProtocolError(f"{root}: not a CFP tree (no Protocol/Pair_list_F.txt)")
+    raise PairsProtocolError(f"{root}: not a CFP tree (no Protocol/Pair_list_F.txt)")
 
 
 def _cfp_list(path: Path) -> dict[str, tuple[Path, int]]:
@@ -139,7 +143,7 @@ def _cfp_list(path: Path) -> dict[str, tuple[Path, int]]:
         if not fields:
             continue
         if len(fields) != 2:
-            raise ProtocolError(f"{path}:{number}: expected 'number relative/path.jpg', got {line.strip()!r}")
+            raise PairsProtocolError(f"{path}:{number}: expected 'number relative/path.jpg', got {line.strip()!r}")
         mapping[fields[0]] = ((path.parent / fields[1].strip()), number)
     return mapping
 
@@ -148,7 +152,7 @@ def parse_cfp(root: str | Path, split: str = "FF") -> list[Pair]:
     """Pairs of the CFP frontal-frontal (``FF``) or frontal-profile (``FP``) protocol."""
     split = split.upper()
     if split not in ("FF", "FP"):
-        raise ProtocolError(f"CFP split {split!r}: expected FF or FP")
+        raise PairsProtocolError(f"CFP split {split!r}: expected FF or FP")
     protocol = _cfp_protocol_dir(Path(root))
     exists = _Exists()
     frontal = _cfp_list(protocol / "Pair_list_F.txt")
@@ -156,7 +160,7 @@ def parse_cfp(root: str | Path, split: str = "FF") -> list[Pair]:
     split_dir = protocol / "Split" / split
     fold_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
     if not fold_dirs:
-        raise ProtocolError(f"{split_dir}: no fold folders (expected 01..10)")
+        raise PairsProtocolError(f"{split_dir}: no fold folders (expected 01..10)")
     pairs: list[Pair] = []
     for fold, fold_dir in enumerate(fold_dirs):
         for name, same in (("same.txt", True), ("diff.txt", False)):
@@ -167,21 +171,21 @@ def parse_cfp(root: str | Path, split: str = "FF") -> list[Pair]:
                 fields = [f.strip() for f in line.split(",")]
                 where = f"{path}:{number}"
                 if len(fields) != 2:
-                    raise ProtocolError(f"{where}: expected 'a,b', got {line.strip()!r}")
+                    raise PairsProtocolError(f"{where}: expected 'a,b', got {line.strip()!r}")
                 images = []
                 for key, table, label in ((fields[0], frontal, "Pair_list_F"), (fields[1], profile,
                                           "Pair_list_F" if split == "FF" else "Pair_list_P")):
                     if key not in table:
-                        raise ProtocolError(f"{where}: {key} is not in {label}.txt ({line.strip()!r})")
+                        raise PairsProtocolError(f"{where}: {key} is not in {label}.txt ({line.strip()!r})")
                     image, list_line = table[key]
                     if not exists(image):
-                        raise ProtocolError(
+                        raise PairsProtocolError(
                             f"{where}: image {image} ({label}.txt line {list_line}) does not exist ({line.strip()!r})"
                         )
                     images.append(image)
                 pairs.append(Pair(images[0], images[1], same, fold))
     if not pairs:
-        raise ProtocolError(f"{split_dir}: no pairs")
+        raise PairsProtocolError(f"{split_dir}: no pairs")
     return pairs
 
 
@@ -192,7 +196,7 @@ def parse_people(root: str | Path) -> tuple[list[Path], list[str]]:
     """Images of a folder-per-person tree (``root/<person>/*.jpg``), or a flat folder with ``identity.txt``."""
     root = Path(root)
     if not root.is_dir():
-        raise ProtocolError(f"people folder {root} does not exist")
+        raise PairsProtocolError(f"people folder {root} does not exist")
     paths: list[Path] = []
     people: list[str] = []
     labels = root / "identity.txt"
@@ -204,7 +208,7 @@ def parse_people(root: str | Path) -> tuple[list[Path], list[str]]:
                 continue
             image = root / parts[0]
             if not image.is_file():
-                raise ProtocolError(f"{labels}:{line_no}: {parts[0]} does not exist")
+                raise PairsProtocolError(f"{labels}:{line_no}: {parts[0]} does not exist")
             paths.append(image)
             people.append(parts[1])
     for person in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not labels.is_file()):
@@ -213,7 +217,7 @@ def parse_people(root: str | Path) -> tuple[list[Path], list[str]]:
                 paths.append(image)
                 people.append(person.name)
     if len(set(people)) < 2:
-        raise ProtocolError(
+        raise PairsProtocolError(
             f"{root}: needs a folder per person with at least two people (found {len(set(people))}); "
             "impostor pairs come from different people"
         )
@@ -236,6 +240,6 @@ def load_protocol(name: str, root: str | Path, pairs_file: str | Path | None = N
         return parse_lfw(Path(pairs_file) if pairs_file else root / "pairs.txt", root)
     if name in ("cfp-ff", "cfp-fp"):
         if pairs_file:
-            raise ProtocolError("--pairs is for the LFW layout; CFP reads its own Protocol/ folder")
+            raise PairsProtocolError("--pairs is for the LFW layout; CFP reads its own Protocol/ folder")
         return parse_cfp(root, name.split("-")[1])
-    raise ProtocolError(f"unknown protocol {name!r}: expected one of {', '.join(PROTOCOLS)}")
+    raise PairsProtocolError(f"unknown protocol {name!r}: expected one of {', '.join(PROTOCOLS)}")

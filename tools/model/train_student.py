@@ -38,7 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .student import INPUT_MEAN, INPUT_STD, Student, StudentConfig, count_macs, export_onnx
+from edge.cli import boundary
+
+from .student import (
+    INPUT_MEAN,
+    INPUT_STD,
+    Student,
+    StudentConfig,
+    count_macs,
+    export_onnx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -611,6 +620,7 @@ def _device(name: str) -> str:
 @click.option("--targets-cache", type=click.Path(dir_okay=False, path_type=Path),
               help="Where the teacher targets are cached (default: beside the crops / in OUT for a pack).")
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
+@boundary
 def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_path, cache_dir, limit, input_size, width,
             stages, head, epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
             split_seed, device, resume, max_minutes, init_path, mixup, qat, targets_cache, no_export):

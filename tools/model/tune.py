@@ -32,14 +32,21 @@ import click
 import numpy as np
 
 from edge.bundle import load_bundle, read_manifest, write_manifest
+from edge.cli import boundary
 from edge.embedder import Embedder
-from edge.errors import EdgeError, ModelError
+from edge.errors import ModelError
 from edge.matcher import l2_distances
 from tools.model import metrics
 from tools.model.backends import open_embedder
 from tools.model.crops import DEFAULT_DETECTOR
 from tools.model.evaluate import FacePipeline, embed_images
-from tools.model.protocols import PROTOCOLS, ProtocolError, load_protocol, parse_lfw, parse_people
+from tools.model.protocols import (
+    PROTOCOLS,
+    PairsProtocolError,
+    load_protocol,
+    parse_lfw,
+    parse_people,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +62,9 @@ def choose_threshold(genuine: np.ndarray, impostor: np.ndarray, far: float) -> d
     genuine = np.asarray(genuine, dtype=np.float64)
     impostor = np.asarray(impostor, dtype=np.float64)
     if impostor.size == 0:
-        raise ProtocolError("no impostor pairs: a threshold for a false-accept rate needs pairs of different people")
+        raise PairsProtocolError("no impostor pairs: a threshold for a false-accept rate needs pairs of different people")
     if genuine.size == 0:
-        raise ProtocolError("no genuine pairs: every person needs at least two images with a face")
+        raise PairsProtocolError("no genuine pairs: every person needs at least two images with a face")
     threshold = metrics.threshold_at_far(impostor, far)
     needed = metrics.min_impostors_for(far)
     warnings = []
@@ -202,13 +209,11 @@ def tune(bundle: Path, far: float = 1e-3, people: Path | None = None, pairs_file
 @click.option("--threads", default=2, show_default=True)
 @click.option("--detector", type=click.Path(path_type=Path), default=DEFAULT_DETECTOR, show_default=True)
 @click.option("--no-progress", is_flag=True)
+@boundary
 def command(bundle, people, pairs_file, protocol, root, far, dry_run, as_json, threads, detector, no_progress):
     """Choose BUNDLE's L2 threshold for a target FAR and write it into its manifest."""
-    try:
-        record = tune(bundle, far, people, pairs_file, root, protocol.lower() if protocol else None,
-                      write=not dry_run, detector=detector, threads=threads, progress=not no_progress)
-    except EdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    record = tune(bundle, far, people, pairs_file, root, protocol.lower() if protocol else None,
+                  write=not dry_run, detector=detector, threads=threads, progress=not no_progress)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
