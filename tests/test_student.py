@@ -297,11 +297,13 @@ def test_model_card_tool_writes_every_stage_from_the_json(tmp_path):
     assert "| cfp-ff | student INT8 before QAT (post-training only) | 96.50 ± 1.00 | 70.00 |" in card
     assert "within the 0.3-point trigger after quantisation-aware fine-tuning" in card
     assert "QAT changed INT8 accuracy by cfp-ff +0.62 points" in card
-    # a stage without its command is refused
+    # a stage without its command is refused (two stages, one --command): a usage error, not a crash
     bad = CliRunner().invoke(card_main, [str(bundle), "--eval", f"cfp-ff={tmp_path / 'ff.json'}", "--bench",
                                          str(tmp_path / "bench.json"), "--history", str(tmp_path / "history0.json"),
+                                         "--history", str(tmp_path / "history1.json"), "--command", "only one",
                                          "--convert-command", "c", "--macs", "1", "--params", "1"])
-    assert bad.exit_code != 0
+    assert bad.exit_code == 2 and "give one --command (and --device-note, if any) per --history" in bad.output
+    assert isinstance(bad.exception, SystemExit)
 
 
 def test_readme_quotes_the_student_figures_of_its_eval_json():
