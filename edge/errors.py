@@ -80,6 +80,12 @@ class ModelMismatchError(GalleryError):
     exit_code = 65
 
 
+class InvalidNameError(GalleryError):
+    """A person's name that cannot be stored (empty, too long, invisible or direction-changing characters)."""
+
+    exit_code = 65  # EX_DATAERR: bad input, not a gallery that cannot be written
+
+
 class PersonNotFoundError(GalleryError):
     """No enrolled person has that name."""
 

@@ -26,7 +26,7 @@ import numpy as np
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .errors import GalleryError, PersonNotFoundError
+from .errors import GalleryError, InvalidNameError, PersonNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,13 @@ def validate_name(name: str) -> str:
             else:
                 why = "is an invisible, control or text-direction character"
             label = unicodedata.name(char, "")
-            raise GalleryError(f"invalid name {name!a}: U+{code:04X}{' ' + label if label else ''} {why}")
+            raise InvalidNameError(f"invalid name {name!a}: U+{code:04X}{' ' + label if label else ''} {why}")
     if not name:
-        raise GalleryError("a person's name cannot be empty")
+        raise InvalidNameError("a person's name cannot be empty")
     if len(name) > 100:
-        raise GalleryError(f"invalid name {name!r}: at most 100 characters")
+        raise InvalidNameError(f"invalid name {name!r}: at most 100 characters")
     if unicodedata.category(name[0]).startswith("M"):
-        raise GalleryError(f"invalid name {name!a}: it starts with a combining mark")
+        raise InvalidNameError(f"invalid name {name!a}: it starts with a combining mark")
     return name
 
 

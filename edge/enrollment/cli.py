@@ -243,20 +243,6 @@ def _bulk(config, people, keep_crops, allow_lookalike, dry_run, as_json):
     return reports
 
 
-def _valid_name(name):
-    """``name`` as the gallery will store it; an invalid one is bad input (65), refused before loading models."""
-    from ..cli import EdgeClickError
-    from ..errors import GalleryError
-    from ..gallery import validate_name
-
-    try:
-        return validate_name(name)
-    except GalleryError as exc:
-        error = EdgeClickError(exc)
-        error.exit_code = 65
-        raise error from exc
-
-
 bulk_options = [
     click.option("--keep-crops", is_flag=True, help="Also store the aligned crops."),
     click.option("--allow-lookalike", is_flag=True, help="Enroll a new person even if they match someone enrolled."),
@@ -281,7 +267,9 @@ def _with(options):
 @boundary
 def files(config_path, name, images, keep_crops, allow_lookalike, dry_run, as_json):
     """Enroll NAME from image files (one face each); files already enrolled are skipped."""
-    name = _valid_name(name)
+    from ..gallery import validate_name
+
+    name = validate_name(name)  # bad input (65) before the models load
     config = _config(config_path)
     reports = _bulk(config, [(name, list(images))], keep_crops, allow_lookalike, dry_run, as_json)
     if not all(r.ok for r in reports):
@@ -343,9 +331,9 @@ def list_(config_path, as_json):
 def rename(config_path, old, new):
     """Rename a person (their events follow)."""
     from ..errors import GalleryError
-    from ..gallery import Gallery
+    from ..gallery import Gallery, validate_name
 
-    new = _valid_name(new)
+    new = validate_name(new)
     config = _config(config_path)
     with Gallery(config.gallery_path(), create=False) as gallery:
         stored = gallery.stored_name(old) or old
