@@ -41,7 +41,7 @@ def write_config(tmp_path: Path, socket_dir: Path, **camera) -> Path:
         f'state_dir = "{tmp_path / "state"}"\nmodels_dir = "{MODELS}"\n'
         "[decision]\nthreshold = 1.0\n[demo]\nenroll = true\n"
         "[camera]\n" + "".join(f"{k} = {v}\n" for k, v in cam.items())
-        + f'[enrollment]\nsocket_path = "{socket_dir / "control.sock"}"\nmin_sample_interval = 0.0\ntimeout = 60.0\n'
+        + f'[enrollment]\nsocket_path = "{socket_dir / "control.sock"}"\nmin_sample_interval = 0.0\ntimeout = 600.0\n'
     )
     return path
 
@@ -84,11 +84,22 @@ def enroll_cmd(config_path: Path, name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "edge.cli", "enroll", "add", name, "-c", str(config_path), *args]
 
 
+REPLAY_FRAMES = len(list((ROOT / "edge" / "demo" / "replay").iterdir()))
+
+
+def wait_until(condition, what: str, timeout: float = 600.0) -> None:
+    """Poll an observable condition; the timeout only ends a hung test (a slow machine must not fail it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
 def test_second_process_enrolls_while_the_replay_loop_runs(service, tmp_path):
     sheet = tmp_path / "sheet.png"
     frames_before = service.server.frames
     result = subprocess.run(enroll_cmd(service.config_path, "Visitor", "--samples", "3", "--contact-sheet", str(sheet)),
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert "enrolled Visitor: 3 samples added (3 in all)" in result.stdout, result.stdout
     assert "with the recognizer" in result.stderr and "accepted 3/3" in result.stderr, result.stderr
@@ -96,24 +107,16 @@ def test_second_process_enrolls_while_the_replay_loop_runs(service, tmp_path):
     image = cv2.imread(str(sheet))
     assert image.shape == (4 + 116, 4 + 3 * 116, 3)
     # The running recognizer picks the new person up without a restart ...
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and service.recognizer.matcher.identities < 3:
-        time.sleep(0.1)
-    assert service.recognizer.matcher.identities == 3
-    # ... and grants them on the next pass of the replay.
-    seen = len(service.decisions)
-    while time.monotonic() < deadline + 20:
-        if any(d.name == "Visitor" for d in service.decisions[seen:]):
-            break
-        time.sleep(0.1)
+    wait_until(lambda: service.recognizer.matcher.identities == 3, "the new person in the matcher")
+    # ... and grants them within the next two passes of the replay (counted in frames, not seconds).
+    seen, start = len(service.decisions), service.server.frames
+    wait_until(lambda: any(d.name == "Visitor" for d in service.decisions[seen:])
+               or service.server.frames - start > 2 * REPLAY_FRAMES, "a Visitor decision or two replay passes")
     assert any(d.name == "Visitor" and d.outcome.value == "granted" for d in service.decisions[seen:])
     # Removal is picked up too: Visitor is never granted again.
     with Gallery(service.config.gallery_path()) as gallery:
         gallery.remove("Visitor")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and service.recognizer.matcher.identities != 2:
-        time.sleep(0.1)
-    assert service.recognizer.matcher.identities == 2
+    wait_until(lambda: service.recognizer.matcher.identities == 2, "the removal in the matcher")
 
 
 def test_a_second_enrollment_at_the_same_time_is_refused(service):
