@@ -283,7 +283,9 @@ class ControlServer:
         if active is None:
             return
         try:
-            for event in active.session.offer(result.frame.main, result.faces, result.frame.timestamp):
+            for event in active.session.offer(result.frame.main, result.faces, result.frame.timestamp,
+                                              crops=result.crops, embeddings=result.embeddings,
+                                              refused=result.refused):
                 active.events.put(event)
         except Exception as exc:  # a broken session must not take the door down
             log.exception("enrollment session failed")
@@ -500,6 +502,11 @@ class _ServiceComponent:
             return
         self.server = server
         self.service.frame_observers.append(server.on_frame)
+
+    def reload(self, config) -> None:
+        """A config reload: the next session uses the new [enrollment] gates (the socket itself needs a restart)."""
+        if self.server is not None:
+            self.server.config = config
 
     def stop(self) -> None:
         if self.server is not None:

@@ -26,7 +26,7 @@ from ..embedder import Embedder
 from ..enroll import add_companion_samples, png_bytes
 from ..gallery import Gallery
 from ..types import Face
-from .quality import Metrics, SessionGuard, Thresholds, assess
+from .quality import Metrics, Reason, SessionGuard, Thresholds, assess
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +64,31 @@ class LiveEnrollment:
     def done(self) -> bool:
         return len(self.samples) >= self.wanted
 
-    def offer(self, image: np.ndarray, faces: Sequence[Face], timestamp: float | None = None) -> list[dict]:
-        """One frame in; the events it produced out (most frames: none or one)."""
+    def offer(self, image: np.ndarray, faces: Sequence[Face], timestamp: float | None = None, *,
+              crops: Sequence[np.ndarray] = (), embeddings: np.ndarray | None = None,
+              refused: Sequence = ()) -> list[dict]:
+        """One frame in; the events it produced out (most frames: none or one).
+
+        ``crops``/``embeddings``: what the frame loop already made of ``faces`` (used, not redone);
+        ``refused``: (face, verdict) pairs a face check turned down - never a sample.
+        """
         if self.done or self.cancelled.is_set():
             return []
         now = time.monotonic() if timestamp is None else timestamp
         self.frames += 1
         self.last_frame_at = now
         events: list[dict] = []
-        assessment = assess(image, faces, self.t, live=True, crop_size=self.embedder.input_size)
-        reasons = assessment.reasons
-        if assessment.ok:
+        single = len(faces) == 1 and len(crops) == 1
+        assessment = assess(image, faces, self.t, live=True, crop_size=self.embedder.input_size,
+                            crop=crops[0] if single else None)
+        reasons = [Reason("refused", f"the {verdict.check} check turned the face down ({verdict.reason or 'no reason'}): "
+                                     "enroll in person, not from a photo or a screen")
+                   for _, verdict in refused[:1]] + assessment.reasons
+        if assessment.ok and not refused:
             if now - self._last_accept < self.min_interval:
                 return []  # a good frame, but too soon after the last sample to be a different one
-            embedding = self.embedder.embed_one(assessment.crop)
+            reused = single and embeddings is not None and assessment.crop is crops[0]
+            embedding = embeddings[0] if reused else self.embedder.embed_one(assessment.crop)
             verdict = self.guard.check(embedding)
             for message in verdict.warnings:
                 self.warnings.append(message)

@@ -169,11 +169,12 @@ def _cut_off(face: Face, width: int, height: int) -> bool:
 
 
 def assess(image: np.ndarray, faces: Sequence[Face], t: Thresholds, *, live: bool,
-           crop_size: int = ALIGNED_SIZE) -> Assessment:
+           crop_size: int = ALIGNED_SIZE, crop: np.ndarray | None = None) -> Assessment:
     """Apply every per-frame gate; all failing gates are reported, the most actionable first.
 
     ``live``: a door-camera frame (too close and cut-off faces are refused);
-    otherwise a photo, where a face filling the picture is fine.
+    otherwise a photo, where a face filling the picture is fine.  ``crop``: the
+    single face's aligned crop when the frame loop already made it.
     """
     if not faces:
         return Assessment(None, None, None, [Reason("no_face", "no face in view: stand in front of the camera")])
@@ -187,7 +188,8 @@ def assess(image: np.ndarray, faces: Sequence[Face], t: Thresholds, *, live: boo
         ))
     height, width = image.shape[:2]
     yaw, pitch, roll = pose_from_landmarks(face.landmarks)
-    crop = align_face(image, face.landmarks, crop_size)
+    if crop is None or len(faces) != 1 or crop.shape[0] != crop_size:
+        crop = align_face(image, face.landmarks, crop_size)
     sharp = sharpness(crop)
     bright, clipped = exposure(crop)
     metrics = Metrics(
