@@ -127,7 +127,26 @@ def test_qat_fine_tuning_trains_resumes_and_exports(tmp_path):
 
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    export_onnx(resumed, tmp_path / "student.onnx")
+    with pytest.raises(ValueError, match="strip_qat"):  # the exporter takes the plain network only
+        export_onnx(resumed, tmp_path / "student.onnx")
+    export_onnx(strip_qat(resumed), tmp_path / "student.onnx")
     session = ort.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
     np.testing.assert_allclose(got, reloaded(x[:1]).detach().numpy(), atol=1e-4)
+
+
+def test_student_does_not_import_qat():
+    """qat builds on student, never the reverse: student.py owns the plain network (no import cycle)."""
+    import ast
+    import inspect
+
+    from tools.model import student
+
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(student))):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(("." * node.level) + (node.module or ""))
+            imported.update(f"{'.' * node.level}{node.module or ''}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert not any(name.endswith("qat") for name in imported), imported

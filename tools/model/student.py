@@ -264,12 +264,13 @@ def fold_batchnorm(model: Student) -> Student:
 def export_onnx(model: Student, path, opset: int = 13) -> None:
     """BatchNorm-folded student -> ONNX, static 1x3xSxS input ``input``, output ``embedding``.
 
-    A QAT network is exported without its simulated rounding: the converter's PTQ rounds it the same way.
+    Takes the plain network only.  A QAT one is exported without its simulated rounding (the
+    converter's PTQ rounds it the same way): :func:`tools.model.qat.strip_qat` it first.  This
+    module never imports :mod:`tools.model.qat`, which builds on it: no import cycle.
     """
     if getattr(model, "qat", False):
-        from .qat import strip_qat
-
-        model = strip_qat(model)
+        raise ValueError("export_onnx takes the plain network: strip the simulated rounding first "
+                         "(tools.model.qat.strip_qat)")
     folded = fold_batchnorm(model)
     size = model.config.input_size
     dummy = torch.zeros(1, 3, size, size)

@@ -29,6 +29,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -40,6 +41,7 @@ from torch import nn
 
 from edge.cli import boundary
 
+from .qat import calibrate, prepare_qat, strip_qat
 from .student import (
     INPUT_MEAN,
     INPUT_STD,
@@ -359,6 +361,178 @@ def plot_curve(histories: list[list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class _DeviceData:
+    """The crops, teacher targets and labels on the training device, and the index sets drawn from them."""
+
+    crops: torch.Tensor  # (N, H, W, 3) uint8 BGR
+    targets: torch.Tensor  # (N, 2, D): the teacher's embedding of each crop and of its mirror
+    labels: torch.Tensor  # (N,) identity class, -1 = none
+    train: torch.Tensor  # the crops batches are drawn from
+    n_train: int
+    held_crops: torch.Tensor | None  # None when nothing is held out
+    held_targets: torch.Tensor | None
+    fit: torch.Tensor  # as many training crops as are held out, for the same cosine on seen crops
+
+
+def _device_data(crops: np.ndarray, targets: np.ndarray, labels: np.ndarray, heldout: float, split_seed: int,
+                 dev: torch.device) -> _DeviceData:
+    """Everything a step reads, moved to the device once: batches are then gathered there, not copied in."""
+    held_idx, train_idx = heldout_split(len(crops), heldout, split_seed)
+    n_held = len(held_idx)
+    all_crops = torch.from_numpy(crops).to(dev)
+    all_targets = torch.from_numpy(targets.astype(np.float32)).to(dev)
+    held = torch.from_numpy(held_idx).to(dev)
+    # The same cosine on clean training crops: equal to the held-out one means the student underfits
+    # (more capacity or steps help), far above it means it memorises (more data or augmentation help).
+    fit_idx = train_idx[:: max(1, len(train_idx) // max(n_held, 1))][:max(n_held, 1)]
+    return _DeviceData(
+        crops=all_crops, targets=all_targets, labels=torch.from_numpy(labels).to(dev),
+        train=torch.from_numpy(train_idx).to(dev), n_train=len(train_idx),
+        held_crops=all_crops[held] if n_held else None, held_targets=all_targets[held, 0] if n_held else None,
+        fit=torch.from_numpy(fit_idx).to(dev),
+    )
+
+
+def _student_to_train(config: StudentConfig, init: Path | None, qat: bool, dev: torch.device) -> Student:
+    """A fresh student, warm-started from ``init`` (weights only: a new optimiser and schedule follow) and,
+    for QAT, with INT8 rounding simulated; channels-last on the device, as every batch is."""
+    model = Student(config)
+    if init is not None:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        log.info("initialised from %s", init)
+    if qat:
+        model = prepare_qat(model)
+    return model.to(dev).to(memory_format=torch.channels_last)
+
+
+def _optimiser(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the usual split: weight decay on matrices and kernels, none on biases, BatchNorm and
+    other 1-D parameters, which set offsets and scales rather than capacity."""
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def _resume(ckpt_path: Path, model: Student, opt: torch.optim.Optimizer, arc: ArcMargin | None,
+            gen: torch.Generator, dev: torch.device) -> tuple[int, int, list[dict], np.random.Generator]:
+    """Weights, optimiser, margin head and both random streams of the last checkpoint, so the resumed run
+    continues the same sequence; returns (epoch, step, history, numpy generator)."""
+    # weights_only: a checkpoint is data, never code, and loads under any numpy version
+    ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    if arc is not None and ckpt.get("arc") is not None:
+        arc.load_state_dict(ckpt["arc"])
+    gen.set_state(ckpt["gen"].cpu())
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt["rng"]
+    log.info("resumed from %s at epoch %d", ckpt_path, ckpt["epoch"])
+    return ckpt["epoch"], ckpt["step"], ckpt["history"], rng
+
+
+def _calibrate_ranges(model: Student, data: _DeviceData, gen: torch.Generator, size: int) -> None:
+    """Set the simulated INT8 ranges from clean training crops before QAT starts, as the converter's
+    calibration takes them from clean faces."""
+    calib = data.train[torch.randperm(len(data.train), generator=gen, device=data.train.device)[:QAT_CALIBRATION_CROPS]]
+    calibrate(model, (to_student_input(clean_view(data.crops[calib[i:i + 64]], size))
+                      .contiguous(memory_format=torch.channels_last) for i in range(0, len(calib), 64)))
+
+
+def _lr_schedule(lr: float, total_steps: int, warmup: int, max_minutes: float | None, elapsed_before: float,
+                 started: float):
+    """Linear warm-up, then a cosine down to 1 % of ``lr``.  With ``max_minutes`` the cosine follows wall
+    time whenever that is further along, so a run cut short by the clock still ends annealed."""
+
+    def lr_at(step: int) -> float:
+        progress_ = step / total_steps
+        if max_minutes:
+            progress_ = max(progress_, (elapsed_before + time.time() - started) / (60 * max_minutes))
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0))) + lr * 0.01
+
+    return lr_at
+
+
+@dataclass
+class _Recipe:
+    """What every step does to a batch and how its loss is weighed (the training options of :func:`train`)."""
+
+    batch_size: int
+    rel_weight: float
+    arc_weight: float
+    aug_strength: float
+    mixup: float
+    size: int
+
+
+def _draw_batch(data: _DeviceData, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      torch.Tensor]:
+    """Random training crops, each mirrored with probability 1/2, with the teacher's embedding of what the
+    student sees (the mirror's target for a mirrored crop); returns (indices, RGB 0..255 NCHW, targets)."""
+    dev = data.crops.device
+    pick = torch.randint(len(data.train), (batch_size,), generator=gen, device=dev)
+    idx = data.train[pick]
+    mirror = torch.rand(batch_size, generator=gen, device=dev) < 0.5
+    x = crops_to_rgb(data.crops[idx])
+    x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
+    target = torch.where(mirror.view(-1, 1), data.targets[idx, 1], data.targets[idx, 0])
+    return idx, x, target
+
+
+def _train_step(model: Student, opt: torch.optim.Optimizer, params: list[nn.Parameter], arc: ArcMargin | None,
+                data: _DeviceData, recipe: _Recipe, teacher: nn.Module | None, gen: torch.Generator,
+                rng: np.random.Generator, lr: float) -> float:
+    """One optimiser step on a fresh augmented batch at learning rate ``lr``; returns its loss.
+
+    ``arc`` (given only in the arcmargin epochs) adds its term on the labelled crops that were not
+    blended: a blend of two faces has no identity.
+    """
+    idx, x, target = _draw_batch(data, recipe.batch_size, gen)
+    mixed = None
+    if recipe.mixup > 0:
+        x, target, mixed = blend_faces(x, target, teacher, recipe.mixup, gen)
+    x = to_student_input(augment(x, recipe.size, gen, rng, recipe.aug_strength)).contiguous(
+        memory_format=torch.channels_last)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with _autocast(x.device):
+        emb = model(x)
+    loss, _ = distill_loss(emb, target, recipe.rel_weight)
+    if arc is not None:
+        lab = data.labels[idx]
+        ok = (lab >= 0) if mixed is None else (lab >= 0) & ~mixed
+        if ok.any():
+            loss = loss + recipe.arc_weight * arc(F.normalize(emb.float()[ok], dim=1), lab[ok])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    opt.step()
+    return loss.item()
+
+
+def _epoch_cosines(model: Student, data: _DeviceData, size: int) -> tuple[float, float]:
+    """(held-out, clean training) cosine to the teacher; NaN for both when nothing is held out."""
+    if data.held_crops is None:
+        return float("nan"), float("nan")
+    return (heldout_cosine(model, data.held_crops, data.held_targets, size),
+            heldout_cosine(model, data.crops[data.fit], data.targets[data.fit, 0], size))
+
+
+def _save_checkpoint(path: Path, model: Student, opt: torch.optim.Optimizer, arc: ArcMargin | None,
+                     epoch: int, step: int, history: list[dict], config: StudentConfig, qat: bool,
+                     gen: torch.Generator, rng: np.random.Generator, seed: int) -> None:
+    """Everything :func:`_resume` needs to continue the run exactly, and the architecture to rebuild it."""
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "arc": arc.state_dict() if arc is not None else None,
+                "epoch": epoch, "step": step, "history": history, "config": config.to_dict(), "qat": qat,
+                "gen": gen.get_state(), "rng": rng.bit_generator.state, "seed": seed}, path)
+
+
 def train(
     crops: np.ndarray,
     targets: np.ndarray,
@@ -398,39 +572,17 @@ def train(
         raise ValueError("mixup needs the teacher to embed the blended faces")
     from tqdm import tqdm
 
+    # The order below is the order the seeded random streams are drawn from: keep it, or a seed
+    # no longer reproduces a run.
     seed_everything(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
-    held_idx, train_idx = heldout_split(len(crops), heldout, seed if split_seed is None else split_seed)
-    n_held = len(held_idx)
-    all_crops = torch.from_numpy(crops).to(dev)
-    all_targets = torch.from_numpy(targets.astype(np.float32)).to(dev)
-    all_labels = torch.from_numpy(labels).to(dev)
-    train_t = torch.from_numpy(train_idx).to(dev)
-    held_crops = all_crops[torch.from_numpy(held_idx).to(dev)] if n_held else None
-    held_targets = all_targets[torch.from_numpy(held_idx).to(dev), 0] if n_held else None
-    # The same cosine on clean training crops: equal to the held-out one means the student underfits
-    # (more capacity or steps help), far above it means it memorises (more data or augmentation help).
-    fit_idx = torch.from_numpy(train_idx[:: max(1, len(train_idx) // max(n_held, 1))][:max(n_held, 1)]).to(dev)
-
-    model = Student(config)
-    if init is not None:  # warm start: weights only, fresh optimiser and schedule
-        state = torch.load(init, map_location="cpu", weights_only=True)
-        state = state.get("model", state)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        log.info("initialised from %s", init)
-    if qat:
-        from .qat import prepare_qat
-
-        model = prepare_qat(model)
-    model = model.to(dev).to(memory_format=torch.channels_last)
+    data = _device_data(crops, targets, labels, heldout, seed if split_seed is None else split_seed, dev)
+    model = _student_to_train(config, init, qat, dev)
     arc = ArcMargin(config.embedding_size, max(num_classes, 1)).to(dev) if arc_epochs and num_classes else None
     params = list(model.parameters()) + (list(arc.parameters()) if arc is not None else [])
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    steps = steps_per_epoch or max(1, len(train_idx) // batch_size)
+    opt = _optimiser(params, lr, weight_decay)
+    steps = steps_per_epoch or max(1, data.n_train // batch_size)
     total_steps = steps * epochs
     warmup = min(max(1, total_steps // 50), 500)
 
@@ -441,80 +593,32 @@ def train(
     rng = np.random.default_rng(seed + 1)
     ckpt_path = out_dir / "last.pt"
     if resume and ckpt_path.is_file():
-        # weights_only: a checkpoint is data, never code, and loads under any numpy version
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        if arc is not None and ckpt.get("arc") is not None:
-            arc.load_state_dict(ckpt["arc"])
-        start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
-        gen.set_state(ckpt["gen"].cpu())
-        rng = np.random.default_rng()
-        rng.bit_generator.state = ckpt["rng"]
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+        start_epoch, step, history, rng = _resume(ckpt_path, model, opt, arc, gen, dev)
     elif qat:
-        from .qat import calibrate
-
-        # Ranges from clean training crops, as the converter's calibration takes them from clean faces.
-        calib = train_t[torch.randperm(len(train_t), generator=gen, device=dev)[:QAT_CALIBRATION_CROPS]]
-        calibrate(model, (to_student_input(clean_view(all_crops[calib[i:i + 64]], config.input_size))
-                          .contiguous(memory_format=torch.channels_last) for i in range(0, len(calib), 64)))
+        _calibrate_ranges(model, data, gen, config.input_size)
 
     started = time.time()
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0
-
-    def lr_at(step_: int) -> float:
-        progress_ = step_ / total_steps
-        if max_minutes:
-            progress_ = max(progress_, (elapsed_before + time.time() - started) / (60 * max_minutes))
-        if step_ < warmup:
-            return lr * (step_ + 1) / warmup
-        return lr * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0))) + lr * 0.01
+    lr_at = _lr_schedule(lr, total_steps, warmup, max_minutes, elapsed_before, started)
+    recipe = _Recipe(batch_size, rel_weight, arc_weight, aug_strength, mixup, config.input_size)
 
     model.train()
-    size = config.input_size
     stop = False
     for epoch in range(start_epoch, epochs):
         use_arc = arc is not None and epoch >= epochs - arc_epochs
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         running = 0.0
         for _ in bar:
-            pick = torch.randint(len(train_t), (batch_size,), generator=gen, device=dev)
-            idx = train_t[pick]
-            mirror = torch.rand(batch_size, generator=gen, device=dev) < 0.5
-            x = crops_to_rgb(all_crops[idx])
-            x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
-            target = torch.where(mirror.view(-1, 1), all_targets[idx, 1], all_targets[idx, 0])
-            mixed = None
-            if mixup > 0:
-                x, target, mixed = blend_faces(x, target, teacher, mixup, gen)
-            x = to_student_input(augment(x, size, gen, rng, aug_strength)).contiguous(memory_format=torch.channels_last)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            with _autocast(dev):
-                emb = model(x)
-            loss, parts = distill_loss(emb, target, rel_weight)
-            if use_arc:
-                lab = all_labels[idx]
-                ok = (lab >= 0) if mixed is None else (lab >= 0) & ~mixed
-                if ok.any():
-                    arc_loss = arc(F.normalize(emb.float()[ok], dim=1), lab[ok])
-                    loss = loss + arc_weight * arc_loss
-                    parts["arc"] = float(arc_loss.detach())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
+            loss_value = _train_step(model, opt, params, arc if use_arc else None, data, recipe, teacher, gen, rng,
+                                     lr_at(step))
             step += 1
-            loss_value = loss.item()
             running += loss_value
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_at(step):.1e}")
             if max_minutes and elapsed_before + time.time() - started > 60 * max_minutes:
                 stop = True
                 break
         done = bar.n if stop else steps
-        hcos = heldout_cosine(model, held_crops, held_targets, size) if n_held else float("nan")
-        tcos = heldout_cosine(model, all_crops[fit_idx], all_targets[fit_idx, 0], size) if n_held else float("nan")
+        hcos, tcos = _epoch_cosines(model, data, config.input_size)
         record = {"epoch": epoch + 1, "step": step, "loss": running / max(done, 1), "heldout_cos": hcos,
                   "train_cos": tcos,
                   "lr": lr_at(step), "arc": use_arc, "qat": qat, "elapsed_s": elapsed_before + time.time() - started}
@@ -522,10 +626,7 @@ def train(
         msg = (f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, held-out cos to teacher {hcos:.4f} "
                f"(clean training crops {tcos:.4f})")
         (tqdm.write if progress else log.info)(msg)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                    "arc": arc.state_dict() if arc is not None else None,
-                    "epoch": epoch + 1, "step": step, "history": history, "config": config.to_dict(), "qat": qat,
-                    "gen": gen.get_state(), "rng": rng.bit_generator.state, "seed": seed}, ckpt_path)
+        _save_checkpoint(ckpt_path, model, opt, arc, epoch + 1, step, history, config, qat, gen, rng, seed)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
         plot_curve([history], out_dir / "curve.png")
         if stop:
@@ -539,8 +640,6 @@ def load_student(path: Path, device: str = "cpu") -> Student:
     ckpt = torch.load(path, map_location=device, weights_only=True)
     model = Student(StudentConfig.from_dict(ckpt["config"]))
     if ckpt.get("qat"):
-        from .qat import prepare_qat, strip_qat
-
         model = prepare_qat(model)
         model.load_state_dict(ckpt["model"])
         return strip_qat(model)
@@ -723,7 +822,7 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
         click.echo(f"final held-out cosine to teacher: {history[-1]['heldout_cos']:.4f}")
     if not no_export:
         try:
-            export_onnx(model.cpu(), out_dir / "student.onnx")
+            export_onnx(strip_qat(model.cpu()), out_dir / "student.onnx")
             click.echo(f"exported {out_dir / 'student.onnx'}")
         except ImportError as exc:
             click.echo(f"no ONNX export ({exc})", err=True)
