@@ -89,3 +89,41 @@ def test_bulk_enrollment_stores_both_models(tmp_path):
         counts = sorted(g.model_counts().items())
     assert [m.split(":")[0] for m, _ in counts] == ["sface-int8-cal300-seed0", "student-int8-cal300-seed0"]
     assert [c for _, c in counts] == [2, 2]
+
+
+def test_a_two_stage_export_imports_into_a_two_stage_and_a_single_model_unit(tmp_path):
+    from .test_cli import edge
+
+    def unit(name, confirm):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'state_dir = "{tmp_path / name}"\n[embedder]\nmodel = "student-int8"\n'
+                        f'confirm_model = "{confirm}"\n[decision]\nthreshold = 1.2\n')
+        return str(path)
+
+    source, twin, single = unit("a", "sface-int8"), unit("b", "sface-int8"), unit("c", "")
+    assert edge("enroll", "files", "-c", source, "Jacinda Ardern", str(FIXTURES / "person_b_1.jpg"),
+                str(FIXTURES / "person_b_2.jpg"), "--keep-crops").returncode == 0
+    export = tmp_path / "a.edge"
+    assert edge("enroll", "export", "-c", source, str(export), "--crops").returncode == 0
+    into_twin = edge("enroll", "import", "-c", twin, str(export))
+    assert into_twin.returncode == 0, into_twin.stderr
+    assert "4 samples, 2 crops" in into_twin.stdout
+    into_single = edge("enroll", "import", "-c", single, str(export))
+    assert into_single.returncode == 0, into_single.stderr
+    assert "2 samples, 2 crops" in into_single.stdout and "left out 2 samples" in into_single.stderr
+    with Gallery(tmp_path / "b" / "gallery.db") as b, Gallery(tmp_path / "a" / "gallery.db") as a:
+        assert b.model_counts() == a.model_counts()
+    with Gallery(tmp_path / "c" / "gallery.db") as c:
+        assert [m.split(":")[0] for m in c.model_counts()] == ["student-int8-cal300-seed0"]
+    # The same file again with --merge: every (capture, model) pair is already there.
+    again = edge("enroll", "import", "-c", twin, str(export), "--merge")
+    assert again.returncode == 0 and "4 samples already here" in again.stdout
+    # A unit that runs SFace alone takes the SFace samples; one that runs neither model refuses the file.
+    sface = tmp_path / "s.toml"
+    sface.write_text(f'state_dir = "{tmp_path / "s"}"\n')
+    assert "2 samples" in edge("enroll", "import", "-c", str(sface), str(export)).stdout
+    other = tmp_path / "d.toml"
+    other.write_text(f'state_dir = "{tmp_path / "d"}"\n[embedder]\nmodel = "{FIXTURES.parent / "tiny-int8"}"\n'
+                     '[decision]\nthreshold = 1.0\n')
+    refused = edge("enroll", "import", "-c", str(other), str(export))
+    assert refused.returncode == 65 and "embeddings of different models cannot be compared" in refused.stderr

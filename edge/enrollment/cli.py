@@ -429,16 +429,18 @@ def export(config_path, target, names, crops):
 @click.option("--skip-existing", is_flag=True, help="People already enrolled here are left alone.")
 @boundary
 def import_(config_path, source, merge, skip_existing):
-    """Import an export file (same model only; all or nothing)."""
+    """Import an export file (samples of the models this unit runs; all or nothing)."""
     from ..bundle import load_bundle
     from ..gallery import Gallery
-    from .transfer import import_gallery
+    from .transfer import import_gallery, model_map
 
     config = _config(config_path)
-    bundle = load_bundle(config.model_path(config.embedder.model), expect_kind="embedder")
+    names = [config.embedder.model] + ([config.embedder.confirm_model] if config.embedder.confirm_model else [])
+    models = model_map([load_bundle(config.model_path(n), expect_kind="embedder") for n in names])
     with Gallery(config.gallery_path()) as gallery:
-        counts = import_gallery(gallery, source, bundle.model_id, merge=merge, skip_existing=skip_existing,
-                                legacy_model_id=bundle.legacy_model_id)
+        counts = import_gallery(gallery, source, models, merge=merge, skip_existing=skip_existing)
     click.echo(f"imported {counts['people']} people ({counts['new_people']} new), {counts['samples']} samples, "
                f"{counts['crops']} crops; skipped {counts['skipped_people']} people, "
                f"{counts['skipped_samples']} samples already here")
+    if counts["foreign_samples"]:
+        click.echo(f"left out {counts['foreign_samples']} samples of models this unit does not run", err=True)

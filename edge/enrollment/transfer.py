@@ -113,23 +113,39 @@ def read_export(path: Path) -> tuple[dict, dict]:
     return header, document
 
 
-def import_gallery(gallery: Gallery, source: Path, model_id: str, *, merge: bool = False,
-                   skip_existing: bool = False, with_crops: bool = True, legacy_model_id: str | None = None) -> dict:
+def model_map(bundles) -> dict[str, str]:
+    """Exported model id -> the id stored here, for the bundles this unit runs (main model first).
+
+    Legacy ids (exports from before manifest sealing) map to the bundle's current id.
+    """
+    mapping: dict[str, str] = {}
+    for bundle in bundles:
+        mapping[bundle.model_id] = bundle.model_id
+        mapping.setdefault(bundle.legacy_model_id, bundle.model_id)
+    return mapping
+
+
+def import_gallery(gallery: Gallery, source: Path, models: dict[str, str], *, merge: bool = False,
+                   skip_existing: bool = False, with_crops: bool = True) -> dict:
     """Import an export file into ``gallery`` in one transaction; returns counts.
 
-    Samples exported under the bundle's ``legacy_model_id`` are imported under ``model_id``.
+    ``models`` (see :func:`model_map`): the first entry is this unit's main model.  Samples of
+    another model this unit runs (the two-stage confirmer) come along; samples of models it does
+    not run are left out and counted, and an export without the main model is refused.
     """
     from ..matcher import check_gallery_model
 
     _, document = read_export(source)
-    models = set(document.get("models", [])) | {s["model_id"] for p in document["people"] for s in p["samples"]}
-    foreign = sorted(models - {model_id, legacy_model_id})
-    if foreign:
+    model_id = next(iter(models.values()))
+    exported = set(document.get("models", [])) | {s["model_id"] for p in document["people"] for s in p["samples"]}
+    if not any(models.get(m) == model_id for m in exported):
         raise TransferError(
-            f"{source}: exported with {', '.join(foreign)}, but this unit runs {model_id}; embeddings of "
-            "different models cannot be compared. Nothing was imported.")
-    check_gallery_model(gallery, model_id, legacy_model_id)
-    counts = {"people": 0, "new_people": 0, "samples": 0, "crops": 0, "skipped_people": 0, "skipped_samples": 0}
+            f"{source}: exported with {', '.join(sorted(exported)) or 'no model'}, but this unit runs {model_id}; "
+            "embeddings of different models cannot be compared. Nothing was imported.")
+    legacy = [m for m, current in models.items() if current == model_id and m != model_id]
+    check_gallery_model(gallery, model_id, legacy[0] if legacy else None)
+    counts = {"people": 0, "new_people": 0, "samples": 0, "crops": 0, "skipped_people": 0, "skipped_samples": 0,
+              "foreign_samples": 0}
     now = time.time()
     with gallery._transaction():
         conflicts = [p["name"] for p in document["people"] if gallery.has_person(p["name"])]
@@ -148,13 +164,19 @@ def import_gallery(gallery: Gallery, source: Path, model_id: str, *, merge: bool
                     "name": name, "created_at": person.get("created_at") or now, "updated_at": now,
                     "last_seen": person.get("last_seen"), "note": person.get("note")}).last_pk
                 counts["new_people"] += 1
-                have = set()
+                have, captures = set(), set()
             else:
                 pid = row[0]
-                have = {r[0] for r in gallery.db.execute("SELECT capture_id FROM samples WHERE person_id = ?", [pid])}
+                # A capture has one sample per model (two-stage): the pair identifies a sample.
+                have = set(gallery.db.execute("SELECT capture_id, model_id FROM samples WHERE person_id = ?", [pid]))
+                captures = {capture for capture, _ in have}
             counts["people"] += 1
             for s in person["samples"]:
-                if s.get("capture_id") in have:
+                stored_as = models.get(s["model_id"])
+                if stored_as is None:
+                    counts["foreign_samples"] += 1
+                    continue
+                if (s.get("capture_id"), stored_as) in have:
                     counts["skipped_samples"] += 1
                     continue
                 blob = base64.b64decode(s["embedding"])
@@ -163,12 +185,12 @@ def import_gallery(gallery: Gallery, source: Path, model_id: str, *, merge: bool
                 except Exception as exc:
                     raise TransferError(f"{source}: a sample of {name} does not decode ({exc}); nothing imported") from exc
                 record = {k: s.get(k) for k in SAMPLE_FIELDS}
-                record.update(person_id=pid, embedding=blob, model_id=model_id)
+                record.update(person_id=pid, embedding=blob, model_id=stored_as)
                 gallery.db["samples"].insert(record)
                 counts["samples"] += 1
             if with_crops:
                 for c in person.get("crops", []):
-                    if c.get("capture_id") in have:
+                    if c.get("capture_id") in captures:
                         continue
                     gallery.db["crops"].insert({"person_id": pid, "capture_id": c.get("capture_id"),
                                                 "image": base64.b64decode(c["image"]),
