@@ -563,6 +563,115 @@ def write_bundle(
 # --------------------------------------------------------------------------- orchestration
 
 
+def _licence(path: Path, known: str | None, licence: str | None) -> str:
+    """The source model's licence: as given, else the known model's; a bundle never ships without one."""
+    licence = licence or (KNOWN_MODELS[known]["licence"] if known else None)
+    if not licence:
+        raise ConvertError(f"licence of {path} is unknown: pass --licence (e.g. MIT, Apache-2.0)")
+    return licence
+
+
+def _input_spec(source: Source, color: str | None, mean: list[float] | None, std: list[float] | None) -> dict:
+    """The manifest's input section but its dtype: what the options say, else the known model's convention
+    (:data:`KNOWN_INPUTS`), else RGB 0..255 as is.  Calibration and the runtime both preprocess by it."""
+    height, width = source.hw
+    preset = KNOWN_INPUTS.get(source.known or "", {})
+    return {
+        "width": width,
+        "height": height,
+        "channels": 3,
+        "layout": "NHWC",
+        "color": (color or preset.get("color") or "RGB").upper(),
+        "mean": [float(v) for v in (mean or preset.get("mean") or [0.0, 0.0, 0.0])],
+        "std": [float(v) for v in (std or preset.get("std") or [1.0, 1.0, 1.0])],
+    }
+
+
+def _to_tensorflow(source: Source, work: Path, sample: np.ndarray) -> tuple[Any, Path | None, bool]:
+    """The source as a graph TFLiteConverter takes: (Keras model or None, SavedModel folder or None, dynamic
+    batch).  Only ONNX needs translating (onnx2tf, NCHW -> NHWC); ``sample`` stands in for its download."""
+    if source.fmt == "onnx":
+        saved_model, dynamic = onnx_to_saved_model(source, work, sample)
+        return None, saved_model, dynamic
+    if source.fmt == "keras":
+        return _load_keras(source.path), None, True
+    return None, source.path, True
+
+
+@dataclass
+class _Translated:
+    """One source, inspected and in TensorFlow: what every quantisation of it shares."""
+
+    source: Source
+    kind: str
+    base: str  # bundle base name
+    version: str
+    licence: str
+    embedding_size: int | None
+    spec: dict  # input spec without dtype
+    calib: Calibration | None
+    calib_paths: list[str] | None
+    keras_model: Any
+    saved_model: Path | None
+    dynamic: bool
+    verify_set: np.ndarray  # float inputs the conversion check runs on
+    reference: np.ndarray | None  # the float source's outputs on them (embedders only)
+
+
+def _bundle_manifest(t: _Translated, quant: str, bundle_name: str) -> dict[str, Any]:
+    """The manifest of one quantisation's bundle; :func:`edge.bundle.write_manifest` adds size and sha256."""
+    return {
+        "name": bundle_name,
+        "version": t.version,
+        "kind": t.kind,
+        "file": f"{bundle_name}.tflite",
+        "licence": t.licence,
+        "runtime": "tflite (ai-edge-litert or tflite-runtime)",
+        "input": dict(t.spec, dtype="int8" if quant == "int8" else "float32"),
+        "embedding_size": t.embedding_size,
+        "batch": "dynamic" if t.dynamic else 1,
+        "quantisation": {
+            "type": quant,
+            "description": QUANT_TEXT[quant],
+            "converter": _converter_versions(t.source.fmt),
+        },
+        "calibration": t.calib.info if (t.calib is not None and quant == "int8") else None,
+        "source_model": _source_info(t.source, t.licence),
+        "threshold": None,
+    }
+
+
+def _verification(t: _Translated, model_path: Path, bundle_name: str) -> dict:
+    """Cosine of the converted model to the float source on the check inputs: a conversion that broke the
+    graph shows here, before the bundle reaches eval or a door."""
+    got = tflite_outputs(model_path, t.verify_set, batch=8 if t.dynamic else 1)
+    if got.shape != t.reference.shape:
+        raise ConvertError(f"converted output {got.shape} differs from source {t.reference.shape}")
+    cos = cosine_rows(got, t.reference)
+    if float(cos.mean()) < 0.9:
+        log.warning("%s: mean cosine to the float model is only %.3f", bundle_name, cos.mean())
+    return {
+        "what": "cosine(tflite, float source) on the last calibration inputs",
+        "n": len(cos),
+        "cosine_mean": round(float(cos.mean()), 5),
+        "cosine_min": round(float(cos.min()), 5),
+    }
+
+
+def _write_quantised(t: _Translated, tflite: bytes, quant: str, seed: int, out: Path | None, out_dir: Path,
+                     work: Path, force: bool) -> Path:
+    """Check one converted model against the source and write its bundle; returns the bundle folder."""
+    bundle_name = default_bundle_name(t.base, quant, t.calib.info["count"] if t.calib else 0, seed)
+    target = out if out is not None else Path(out_dir) / bundle_name
+    manifest = _bundle_manifest(t, quant, bundle_name)
+    tmp_model = work / manifest["file"]
+    tmp_model.write_bytes(tflite)
+    if t.reference is not None:
+        manifest["verification"] = _verification(t, tmp_model, bundle_name)
+    write_bundle(target, tflite, manifest, t.calib_paths if quant == "int8" else None, force)
+    return target
+
+
 def convert(
     source_spec: str,
     quants: list[str],
@@ -603,89 +712,37 @@ def convert(
         step("inspected")
         known = source.known
         base = name or known or path.stem.replace("_", "-")
-        licence = licence or (KNOWN_MODELS[known]["licence"] if known else None)
-        if not licence:
-            raise ConvertError(f"licence of {path} is unknown: pass --licence (e.g. MIT, Apache-2.0)")
-        height, width = source.hw
-        preset = KNOWN_INPUTS.get(known or "", {})
-        spec_base = {
-            "width": width,
-            "height": height,
-            "channels": 3,
-            "layout": "NHWC",
-            "color": (color or preset.get("color") or "RGB").upper(),
-            "mean": [float(v) for v in (mean or preset.get("mean") or [0.0, 0.0, 0.0])],
-            "std": [float(v) for v in (std or preset.get("std") or [1.0, 1.0, 1.0])],
-        }
+        licence = _licence(path, known, licence)
+        spec = _input_spec(source, color, mean, std)
         calib, calib_paths = None, None
         if "int8" in quants:
             if not calib_roots:
                 raise ConvertError("INT8 needs calibration images: --calib DIR (face images)")
-            calib, calib_paths = build_calibration(
-                calib_roots, kind, spec_base, calib_count, seed, cache_dir, progress
-            )
+            calib, calib_paths = build_calibration(calib_roots, kind, spec, calib_count, seed, cache_dir, progress)
         step("calibration ready" if calib else "no calibration (float)")
 
         work = Path(tempfile.mkdtemp(prefix="edge-convert-"))
-        keras_model, saved_model, dynamic = None, None, True
         try:
+            height, width = source.hw
             sample = calib.array[:20] if calib is not None else np.random.default_rng(seed).uniform(
                 0, 255, (4, height, width, 3)).astype(np.float32)
-            if source.fmt == "onnx":
-                saved_model, dynamic = onnx_to_saved_model(source, work, sample)
-            elif source.fmt == "keras":
-                keras_model = _load_keras(path)
-            else:
-                saved_model = path
+            keras_model, saved_model, dynamic = _to_tensorflow(source, work, sample)
             step("graph in TensorFlow (NHWC)")
             verify_set = (calib.array if calib is not None else sample)[-verify_count:]
             reference = reference_outputs(source, verify_set, keras_model, saved_model) if kind == "embedder" else None
+            translated = _Translated(
+                source=source, kind=kind, base=base, version=version or KNOWN_VERSIONS.get(known or "", "1"),
+                licence=licence, embedding_size=embedding_size, spec=spec, calib=calib, calib_paths=calib_paths,
+                keras_model=keras_model, saved_model=saved_model, dynamic=dynamic, verify_set=verify_set,
+                reference=reference,
+            )
 
             results = []
             for quant in quants:
                 tflite = quantise(lambda: make_converter(source, saved_model, keras_model), quant, calib, progress)
                 step(f"{quant} converted")
-                bundle_name = default_bundle_name(base, quant, calib.info["count"] if calib else 0, seed)
-                target = out if out is not None else Path(out_dir) / bundle_name
-                file_name = f"{bundle_name}.tflite"
-                tmp_model = work / file_name
-                tmp_model.write_bytes(tflite)
-                spec = dict(spec_base, dtype="int8" if quant == "int8" else "float32")
-                manifest: dict[str, Any] = {
-                    "name": bundle_name,
-                    "version": version or KNOWN_VERSIONS.get(known or "", "1"),
-                    "kind": kind,
-                    "file": file_name,
-                    "licence": licence,
-                    "runtime": "tflite (ai-edge-litert or tflite-runtime)",
-                    "input": spec,
-                    "embedding_size": embedding_size,
-                    "batch": "dynamic" if dynamic else 1,
-                    "quantisation": {
-                        "type": quant,
-                        "description": QUANT_TEXT[quant],
-                        "converter": _converter_versions(source.fmt),
-                    },
-                    "calibration": calib.info if (calib is not None and quant == "int8") else None,
-                    "source_model": _source_info(source, licence),
-                    "threshold": None,
-                }
-                if reference is not None:
-                    got = tflite_outputs(tmp_model, verify_set, batch=8 if dynamic else 1)
-                    if got.shape != reference.shape:
-                        raise ConvertError(f"converted output {got.shape} differs from source {reference.shape}")
-                    cos = cosine_rows(got, reference)
-                    manifest["verification"] = {
-                        "what": "cosine(tflite, float source) on the last calibration inputs",
-                        "n": int(len(cos)),
-                        "cosine_mean": round(float(cos.mean()), 5),
-                        "cosine_min": round(float(cos.min()), 5),
-                    }
-                    if float(cos.mean()) < 0.9:
-                        log.warning("%s: mean cosine to the float model is only %.3f", bundle_name, cos.mean())
-                write_bundle(target, tflite, manifest, calib_paths if quant == "int8" else None, force)
+                results.append(_write_quantised(translated, tflite, quant, seed, out, out_dir, work, force))
                 step(f"{quant} bundle written")
-                results.append(target)
             return results
         finally:
             shutil.rmtree(work, ignore_errors=True)
