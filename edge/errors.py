@@ -86,6 +86,12 @@ class InvalidNameError(GalleryError):
     exit_code = 65  # EX_DATAERR: bad input, not a gallery that cannot be written
 
 
+class NameTakenError(GalleryError):
+    """Another enrolled person already has that name (rename, import)."""
+
+    exit_code = 65
+
+
 class PersonNotFoundError(GalleryError):
     """No enrolled person has that name."""
 

@@ -26,7 +26,7 @@ import numpy as np
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .errors import GalleryError, InvalidNameError, PersonNotFoundError
+from .errors import GalleryError, InvalidNameError, NameTakenError, PersonNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,35 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["meta"].insert({"key": "gallery_version", "value": "0"})
 
 
+@migrations()
+def m002_stable_ids_tombstones_changes(db: sqlite_utils.Database) -> None:
+    """Groundwork for sharing a gallery between units: names are labels, the uuid is the person.
+
+    ``tombstones`` remember a removed person's uuid and when (nothing else: no name, no
+    biometric data); ``changes`` numbers every write that touched a person, in order.
+    """
+    db["people"].add_column("uuid", str)
+    for (person_id,) in db.execute("SELECT id FROM people").fetchall():
+        db.execute("UPDATE people SET uuid = ? WHERE id = ?", [uuid.uuid4().hex, person_id])
+    db["people"].create_index(["uuid"], unique=True)
+    db.execute("CREATE TABLE tombstones (uuid TEXT PRIMARY KEY, removed_at REAL NOT NULL, forgotten INTEGER NOT NULL)")
+    # AUTOINCREMENT: a sequence number is never handed out twice, even after the newest change is gone.
+    db.execute("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, person_uuid TEXT NOT NULL, "
+               "kind TEXT NOT NULL, at REAL NOT NULL)")
+    now = time.time()
+    db.execute("INSERT INTO changes (person_uuid, kind, at) SELECT uuid, 'migrated', ? FROM people ORDER BY id", [now])
+
+
+# What a sample row holds beside its person and its embedding bytes (also an export's sample fields).
+SAMPLE_FIELDS = ("model_id", "capture_id", "dtype", "dim", "scale", "quality", "source", "created_at")
+CHANGE_KINDS = ("created", "samples_added", "renamed", "removed", "forgotten", "imported", "migrated")
+
+
 @dataclass(frozen=True)
 class PersonSummary:
     id: int
     name: str
+    uuid: str
     samples: int
     models: tuple[str, ...]
     created_at: float
@@ -232,6 +257,12 @@ class Gallery:
     def _bump_version(self) -> None:
         self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'gallery_version'")
 
+    def _changed(self, person_uuid: str, kind: str, at: float | None = None) -> int:
+        """Append to the change sequence (inside the caller's transaction); returns the new seq."""
+        assert kind in CHANGE_KINDS, kind
+        return self.db.execute("INSERT INTO changes (person_uuid, kind, at) VALUES (?, ?, ?)",
+                               [person_uuid, kind, at or time.time()]).lastrowid
+
     def version(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'gallery_version'").fetchone()
         return int(row[0]) if row else 0
@@ -239,9 +270,6 @@ class Gallery:
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap "look again" signal."""
         return self.db.execute("PRAGMA data_version").fetchone()[0]
-
-    def _transaction(self):
-        return _AtomicWrite(self)
 
     def transaction(self):
         """One all-or-nothing write around several calls (samples of two models and their event).
@@ -253,7 +281,7 @@ class Gallery:
 
     def file_hashes(self) -> dict[str, str]:
         """sha256 -> name for every sample enrolled from a file (``source = "sha256:<hex>:<file name>"``)."""
-        with self._transaction():
+        with self.transaction():
             rows = self.db.execute(
                 "SELECT s.source, p.name FROM samples s JOIN people p ON p.id = s.person_id "
                 "WHERE s.source LIKE 'sha256:%'"
@@ -267,7 +295,7 @@ class Gallery:
         normalised are still found; None when no one matches.
         """
         wanted = _canonical_name(name)
-        with self._transaction():
+        with self.transaction():
             for candidate in (name, wanted):
                 if self.has_person(candidate):
                     return candidate
@@ -275,6 +303,28 @@ class Gallery:
                 if _canonical_name(stored) == wanted:
                     return stored
         return None
+
+    def _uuid(self, person_id: int) -> str:
+        return self.db.execute("SELECT uuid FROM people WHERE id = ?", [person_id]).fetchone()[0]
+
+    def person_uuid(self, name: str) -> str:
+        """The stable id of the person now called ``name``."""
+        return self._uuid(self.person_id(name))
+
+    def change_seq(self) -> int:
+        """The newest change's sequence number (0 for a gallery nobody has written to)."""
+        row = self.db.execute("SELECT MAX(seq) FROM changes").fetchone()
+        return row[0] or 0
+
+    def changes(self, after: int = 0, limit: int = 1000) -> list[dict]:
+        """Changes with ``seq > after``, oldest first: what a sync publishes."""
+        rows = self.db.execute("SELECT seq, person_uuid, kind, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                               [after, limit]).fetchall()
+        return [{"seq": r[0], "person_uuid": r[1], "kind": r[2], "at": r[3]} for r in rows]
+
+    def tombstones(self) -> list[dict]:
+        rows = self.db.execute("SELECT uuid, removed_at, forgotten FROM tombstones ORDER BY removed_at").fetchall()
+        return [{"uuid": r[0], "removed_at": r[1], "forgotten": bool(r[2])} for r in rows]
 
     def person_id(self, name: str) -> int:
         row = self.db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
@@ -307,15 +357,19 @@ class Gallery:
         capture_ids = list(capture_ids) if capture_ids is not None else [uuid.uuid4().hex for _ in range(count)]
         crops = list(crops) if crops is not None else []
         now = time.time()
-        with self._transaction():
+        with self.transaction():
             row = self.db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
             if row is None:
                 if not create:
                     raise PersonNotFoundError(f"no enrolled person named {name!r}")
-                person_id = self.db["people"].insert({"name": name, "created_at": now, "updated_at": now}).last_pk
+                person_uuid = uuid.uuid4().hex
+                person_id = self.db["people"].insert(
+                    {"name": name, "uuid": person_uuid, "created_at": now, "updated_at": now}).last_pk
+                self._changed(person_uuid, "created", now)
             else:
                 person_id = row[0]
                 self.db["people"].update(person_id, {"updated_at": now})
+                self._changed(self._uuid(person_id), "samples_added", now)
             records = []
             for vector, q, src, cap in zip(embeddings, quality, source, capture_ids):
                 blob, scale = encode_embedding(vector, dtype)
@@ -337,17 +391,18 @@ class Gallery:
 
     def rename(self, old: str, new: str) -> None:
         new = validate_name(new)
-        with self._transaction():
+        with self.transaction():
             person_id = self.person_id(old)
             if self.has_person(new):
-                raise GalleryError(f"cannot rename {old!r} to {new!r}: that name is taken")
+                raise NameTakenError(f"cannot rename {old!r} to {new!r}: that name is taken")
             self.db["people"].update(person_id, {"name": new, "updated_at": time.time()})
             self.db.execute("UPDATE events SET name = ? WHERE person_id = ?", [new, person_id])
+            self._changed(self._uuid(person_id), "renamed")
             self._bump_version()
 
     def remove(self, name: str, forget: bool = False) -> dict[str, int]:
         """Delete a person with their samples and crops; ``forget`` also deletes their events."""
-        with self._transaction():
+        with self.transaction():
             person_id = self.person_id(name)
             counts = {
                 "samples": self.db.execute("DELETE FROM samples WHERE person_id = ?", [person_id]).rowcount,
@@ -361,7 +416,73 @@ class Gallery:
             else:
                 # Keep the audit trail, but it must not point at a deleted row.
                 self.db.execute("UPDATE events SET person_id = NULL WHERE person_id = ?", [person_id])
+            person_uuid, now = self._uuid(person_id), time.time()
             self.db.execute("DELETE FROM people WHERE id = ?", [person_id])
+            self.db.execute("INSERT OR REPLACE INTO tombstones (uuid, removed_at, forgotten) VALUES (?, ?, ?)",
+                            [person_uuid, now, int(forget)])
+            self._changed(person_uuid, "forgotten" if forget else "removed", now)
+            self._bump_version()
+        return counts
+
+    def import_people(self, people: list[dict], models: dict[str, str], *, merge: bool = False,
+                      skip_existing: bool = False, with_crops: bool = True) -> dict[str, int]:
+        """Add exported people (see :meth:`snapshot`) in one transaction; returns counts.
+
+        ``models`` maps an exported model id to the id stored here; samples of other models are
+        left out and counted.  A name already enrolled aborts everything unless ``merge`` (add the
+        samples, a (capture, model) pair already here is skipped) or ``skip_existing``.
+        """
+        counts = {"people": 0, "new_people": 0, "samples": 0, "crops": 0, "skipped_people": 0, "skipped_samples": 0,
+                  "foreign_samples": 0}
+        now = time.time()
+        with self.transaction():
+            conflicts = [p["name"] for p in people if self.has_person(p["name"])]
+            if conflicts and not (merge or skip_existing):
+                raise NameTakenError(
+                    f"already enrolled here: {', '.join(conflicts)}; use --merge (add their samples) or "
+                    "--skip-existing. Nothing was imported.")
+            for person in people:
+                name = validate_name(person["name"])
+                row = self.db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
+                if row is not None and skip_existing:
+                    counts["skipped_people"] += 1
+                    continue
+                if row is None:
+                    # The person keeps their id across units, unless it is somehow taken here.
+                    person_uuid = person.get("uuid") or uuid.uuid4().hex
+                    if self.db.execute("SELECT 1 FROM people WHERE uuid = ?", [person_uuid]).fetchone():
+                        person_uuid = uuid.uuid4().hex
+                    pid = self.db["people"].insert({
+                        "name": name, "uuid": person_uuid, "created_at": person.get("created_at") or now,
+                        "updated_at": now, "last_seen": person.get("last_seen"), "note": person.get("note")}).last_pk
+                    counts["new_people"] += 1
+                    have, captures = set(), set()
+                else:
+                    pid, person_uuid = row[0], self._uuid(row[0])
+                    # A capture has one sample per model (two-stage): the pair identifies a sample.
+                    have = set(self.db.execute("SELECT capture_id, model_id FROM samples WHERE person_id = ?", [pid]))
+                    captures = {capture for capture, _ in have}
+                counts["people"] += 1
+                for sample in person["samples"]:
+                    stored_as = models.get(sample["model_id"])
+                    if stored_as is None:
+                        counts["foreign_samples"] += 1
+                        continue
+                    if (sample.get("capture_id"), stored_as) in have:
+                        counts["skipped_samples"] += 1
+                        continue
+                    self.db["samples"].insert({**{k: sample.get(k) for k in SAMPLE_FIELDS}, "person_id": pid,
+                                               "model_id": stored_as, "embedding": sample["embedding"]})
+                    counts["samples"] += 1
+                if with_crops:
+                    for crop in person.get("crops", []):
+                        if crop.get("capture_id") in captures:
+                            continue
+                        self.db["crops"].insert({"person_id": pid, "capture_id": crop.get("capture_id"),
+                                                 "image": crop["image"], "created_at": crop.get("created_at") or now})
+                        counts["crops"] += 1
+                self.db["people"].update(pid, {"updated_at": now})
+                self._changed(person_uuid, "imported", now)
             self._bump_version()
         return counts
 
@@ -373,7 +494,7 @@ class Gallery:
         """
         if legacy == current:
             return 0
-        with self._transaction():
+        with self.transaction():
             moved = self.db.execute("UPDATE samples SET model_id = ? WHERE model_id = ?", [current, legacy]).rowcount
             if moved:
                 self._bump_version()
@@ -392,13 +513,13 @@ class Gallery:
             raise _friendly(exc, self.path) from exc
 
     def touch_seen(self, person_id: int, ts: float | None = None) -> None:
-        with self._transaction():
+        with self.transaction():
             self.db.execute("UPDATE people SET last_seen = ? WHERE id = ?", [ts or time.time(), person_id])
 
     def log_event(self, kind: str, *, name: str | None = None, person_id: int | None = None,
                   distance: float | None = None, frames: int | None = None, model_id: str | None = None,
                   detail: dict | None = None, ts: float | None = None) -> int:
-        with self._transaction():
+        with self.transaction():
             return self.db["events"].insert(
                 {
                     "ts": ts or time.time(), "kind": kind, "person_id": person_id, "name": name,
@@ -411,7 +532,7 @@ class Gallery:
     def people(self) -> list[PersonSummary]:
         rows = self.db.execute(
             """
-            SELECT p.id, p.name, p.created_at, p.last_seen,
+            SELECT p.id, p.name, p.uuid, p.created_at, p.last_seen,
                    (SELECT COUNT(*) FROM samples s WHERE s.person_id = p.id),
                    (SELECT GROUP_CONCAT(DISTINCT s.model_id) FROM samples s WHERE s.person_id = p.id),
                    (SELECT COUNT(*) FROM crops c WHERE c.person_id = p.id)
@@ -419,8 +540,8 @@ class Gallery:
             """
         ).fetchall()
         return [
-            PersonSummary(id=r[0], name=r[1], created_at=r[2], last_seen=r[3], samples=r[4],
-                          models=tuple(sorted((r[5] or "").split(","))) if r[5] else (), crops=r[6])
+            PersonSummary(id=r[0], name=r[1], uuid=r[2], created_at=r[3], last_seen=r[4], samples=r[5],
+                          models=tuple(sorted((r[6] or "").split(","))) if r[6] else (), crops=r[7])
             for r in rows
         ]
 
@@ -429,7 +550,7 @@ class Gallery:
 
     def matrix(self, model_id: str) -> GalleryMatrix:
         """All samples embedded with ``model_id`` as one unit-norm matrix, read in one snapshot."""
-        with self._transaction():
+        with self.transaction():
             version = self.version()
             rows = self.db.execute(
                 "SELECT s.person_id, p.name, s.embedding, s.dtype, s.dim, s.scale FROM samples s "
@@ -442,6 +563,25 @@ class Gallery:
         person_ids = np.array([r[0] for r in rows], dtype=np.int64)
         names = {r[0]: r[1] for r in rows}
         return GalleryMatrix(embeddings, person_ids, names, version)
+
+    def snapshot(self, names: list[str] | None = None, crops: bool = False) -> list[dict]:
+        """People (all, or those named) with their samples as stored and, if asked, their crops; one read."""
+        with self.transaction():
+            rows = self.db.execute(
+                "SELECT id, name, uuid, created_at, updated_at, last_seen, note FROM people ORDER BY name").fetchall()
+            people = []
+            for pid, name, person_uuid, created, updated, last_seen, note in rows:
+                if names and name not in names:
+                    continue
+                samples = [dict(zip(("embedding",) + SAMPLE_FIELDS, r)) for r in self.db.execute(
+                    "SELECT embedding, " + ", ".join(SAMPLE_FIELDS) + " FROM samples WHERE person_id = ? ORDER BY id",
+                    [pid])]
+                kept = [{"capture_id": c, "image": image, "created_at": t} for c, image, t in self.db.execute(
+                    "SELECT capture_id, image, created_at FROM crops WHERE person_id = ? ORDER BY id", [pid])
+                ] if crops else []
+                people.append({"name": name, "uuid": person_uuid, "created_at": created, "updated_at": updated,
+                               "last_seen": last_seen, "note": note, "samples": samples, "crops": kept})
+        return people
 
     def crops_for(self, name: str) -> list[tuple[str, bytes]]:
         person_id = self.person_id(name)

@@ -256,3 +256,70 @@ def test_transaction_turns_a_full_disk_into_gallery_error_and_writes_nothing(tmp
                 g.log_event("enrolled", name="bob")
         assert [p.name for p in g.people()] == ["alice"] and g.version() == version
         assert g.events(kind="enrolled") == []
+
+
+# -- stable ids, tombstones, the change sequence ---------------------------------------------------
+def test_people_have_stable_ids_that_survive_a_rename(tmp_path):
+    rng = np.random.default_rng(1)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add_samples("Ada", unit(rng, 2), "m:1")
+        first = g.person_uuid("Ada")
+        g.rename("Ada", "Ada Lovelace")
+        assert g.person_uuid("Ada Lovelace") == first and len(first) == 32
+        assert [p.uuid for p in g.people()] == [first]
+        g.add_samples("Grace", unit(rng, 1), "m:1")
+        assert g.person_uuid("Grace") != first
+
+
+def test_every_write_is_one_numbered_change(tmp_path):
+    rng = np.random.default_rng(2)
+    with Gallery(tmp_path / "g.db") as g:
+        assert g.change_seq() == 0
+        g.add_samples("Ada", unit(rng, 2), "m:1")
+        g.add_samples("Ada", unit(rng, 1), "m:1")
+        g.rename("Ada", "Ada L")
+        ada = g.person_uuid("Ada L")
+        g.add_samples("Bob", unit(rng, 1), "m:1")
+        bob = g.person_uuid("Bob")
+        g.remove("Bob")
+        g.log_event("granted", name="Ada L")  # the audit trail is not a change of the gallery
+        changes = g.changes()
+        assert [(c["person_uuid"], c["kind"]) for c in changes] == [
+            (ada, "created"), (ada, "samples_added"), (ada, "renamed"), (bob, "created"), (bob, "removed")]
+        assert [c["seq"] for c in changes] == sorted(c["seq"] for c in changes) and g.change_seq() == changes[-1]["seq"]
+        assert g.changes(after=changes[2]["seq"]) == changes[3:]
+
+
+def test_forget_leaves_a_tombstone_with_no_biometric_data(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "g.db"
+    with Gallery(path) as g:
+        vectors = unit(rng, 2)
+        g.add_samples("Visitor Name", vectors, "m:1", crops=[b"PNGDATA-1", b"PNGDATA-2"])
+        person = g.person_uuid("Visitor Name")
+        g.remove("Visitor Name", forget=True)
+        assert g.tombstones()[0]["uuid"] == person and g.tombstones()[0]["forgotten"] is True
+        assert g.changes()[-1]["kind"] == "forgotten"
+        g.vacuum()
+    on_disk = b"".join(p.read_bytes() for p in path.parent.glob("g.db*"))
+    assert b"Visitor Name" not in on_disk and b"PNGDATA" not in on_disk
+    assert np.asarray(vectors, dtype=np.float32)[0].tobytes()[:32] not in on_disk
+
+
+def test_a_gallery_from_before_stable_ids_migrates(tmp_path):
+    import sqlite3
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "g.db"
+    with Gallery(path) as g:
+        g.add_samples("Ada", unit(rng, 2), "m:1")
+    with sqlite3.connect(path) as db:  # back to the schema of m001
+        db.execute("DROP INDEX idx_people_uuid")
+        db.execute("ALTER TABLE people DROP COLUMN uuid")
+        db.execute("DROP TABLE tombstones")
+        db.execute("DROP TABLE changes")
+        db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm002_stable_ids_tombstones_changes'")
+    with Gallery(path) as g:
+        (person,) = g.people()
+        assert person.name == "Ada" and person.samples == 2 and len(person.uuid) == 32
+        assert [(c["person_uuid"], c["kind"]) for c in g.changes()] == [(person.uuid, "migrated")]

@@ -8,7 +8,7 @@ File layout::
 
 Export writes a temporary file next to the target, fsyncs and renames it.
 Import checks the magic line, the byte count and the sha256 of the payload,
-refuses samples of a model other than this unit's embedder, and writes
+imports the samples of the models this unit runs (others are left out and counted), and writes
 everything in one transaction (a name conflict aborts the whole import unless
 ``merge`` or ``skip_existing`` is chosen).
 """
@@ -24,14 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..gallery import Gallery, decode_embedding, validate_name
+from ..gallery import Gallery, decode_embedding
 from .errors import TransferError
 
 MAGIC = b"EDGE-GALLERY-EXPORT 1\n"
 FORMAT = "edge-gallery/1"
-SAMPLE_FIELDS = ("model_id", "capture_id", "dtype", "dim", "scale", "quality", "source", "created_at")
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -39,26 +36,11 @@ def _b64(data: bytes) -> str:
 def export_gallery(gallery: Gallery, target: Path, *, names: list[str] | None = None, crops: bool = False) -> dict:
     """Write people + samples (+ crops) to ``target`` atomically; returns the header."""
     target = Path(target)
-    with gallery._transaction():  # one consistent snapshot
-        people_rows = gallery.db.execute(
-            "SELECT id, name, created_at, updated_at, last_seen, note FROM people ORDER BY name").fetchall()
-        people = []
-        for pid, name, created, updated, last_seen, note in people_rows:
-            if names and name not in names:
-                continue
-            samples = [
-                dict(zip(("embedding",) + SAMPLE_FIELDS, (_b64(r[0]),) + tuple(r[1:])))
-                for r in gallery.db.execute(
-                    "SELECT embedding, " + ", ".join(SAMPLE_FIELDS) + " FROM samples WHERE person_id = ? ORDER BY id",
-                    [pid])
-            ]
-            person = {"name": name, "created_at": created, "updated_at": updated, "last_seen": last_seen,
-                      "note": note, "samples": samples, "crops": []}
-            if crops:
-                person["crops"] = [{"capture_id": c, "image": _b64(img), "created_at": t} for c, img, t in
-                                   gallery.db.execute("SELECT capture_id, image, created_at FROM crops "
-                                                      "WHERE person_id = ? ORDER BY id", [pid])]
-            people.append(person)
+    people = [
+        {**person, "samples": [{**s, "embedding": _b64(s["embedding"])} for s in person["samples"]],
+         "crops": [{**c, "image": _b64(c["image"])} for c in person["crops"]]}
+        for person in gallery.snapshot(names, crops)
+    ]
     if names:
         missing = sorted(set(names) - {p["name"] for p in people})
         if missing:
@@ -144,59 +126,19 @@ def import_gallery(gallery: Gallery, source: Path, models: dict[str, str], *, me
             "embeddings of different models cannot be compared. Nothing was imported.")
     legacy = [m for m, current in models.items() if current == model_id and m != model_id]
     check_gallery_model(gallery, model_id, legacy[0] if legacy else None)
-    counts = {"people": 0, "new_people": 0, "samples": 0, "crops": 0, "skipped_people": 0, "skipped_samples": 0,
-              "foreign_samples": 0}
-    now = time.time()
-    with gallery._transaction():
-        conflicts = [p["name"] for p in document["people"] if gallery.has_person(p["name"])]
-        if conflicts and not (merge or skip_existing):
-            raise TransferError(
-                f"already enrolled here: {', '.join(conflicts)}; use --merge (add their samples) or "
-                "--skip-existing. Nothing was imported.")
-        for person in document["people"]:
-            name = validate_name(person["name"])
-            row = gallery.db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
-            if row is not None and skip_existing:
-                counts["skipped_people"] += 1
-                continue
-            if row is None:
-                pid = gallery.db["people"].insert({
-                    "name": name, "created_at": person.get("created_at") or now, "updated_at": now,
-                    "last_seen": person.get("last_seen"), "note": person.get("note")}).last_pk
-                counts["new_people"] += 1
-                have, captures = set(), set()
-            else:
-                pid = row[0]
-                # A capture has one sample per model (two-stage): the pair identifies a sample.
-                have = set(gallery.db.execute("SELECT capture_id, model_id FROM samples WHERE person_id = ?", [pid]))
-                captures = {capture for capture, _ in have}
-            counts["people"] += 1
-            for s in person["samples"]:
-                stored_as = models.get(s["model_id"])
-                if stored_as is None:
-                    counts["foreign_samples"] += 1
-                    continue
-                if (s.get("capture_id"), stored_as) in have:
-                    counts["skipped_samples"] += 1
-                    continue
-                blob = base64.b64decode(s["embedding"])
-                try:
-                    decode_embedding(blob, s["dtype"], int(s["dim"]), s.get("scale"))
-                except Exception as exc:
-                    raise TransferError(f"{source}: a sample of {name} does not decode ({exc}); nothing imported") from exc
-                record = {k: s.get(k) for k in SAMPLE_FIELDS}
-                record.update(person_id=pid, embedding=blob, model_id=stored_as)
-                gallery.db["samples"].insert(record)
-                counts["samples"] += 1
-            if with_crops:
-                for c in person.get("crops", []):
-                    if c.get("capture_id") in captures:
-                        continue
-                    gallery.db["crops"].insert({"person_id": pid, "capture_id": c.get("capture_id"),
-                                                "image": base64.b64decode(c["image"]),
-                                                "created_at": c.get("created_at") or now})
-                    counts["crops"] += 1
-            gallery.db["people"].update(pid, {"updated_at": now})
-        gallery._bump_version()
+    people = []
+    for person in document["people"]:
+        samples = []
+        for sample in person["samples"]:
+            blob = base64.b64decode(sample["embedding"])
+            try:  # every sample proven decodable before anything is written
+                decode_embedding(blob, sample["dtype"], int(sample["dim"]), sample.get("scale"))
+            except Exception as exc:
+                raise TransferError(f"{source}: a sample of {person.get('name')!r} does not decode ({exc}); "
+                                    "nothing imported") from exc
+            samples.append({**sample, "embedding": blob})
+        people.append({**person, "samples": samples,
+                       "crops": [{**c, "image": base64.b64decode(c["image"])} for c in person.get("crops", [])]})
+    counts = gallery.import_people(people, models, merge=merge, skip_existing=skip_existing, with_crops=with_crops)
     gallery.log_event("imported", detail={"file": str(source), **counts}, model_id=model_id)
     return counts
