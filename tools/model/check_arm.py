@@ -414,6 +414,108 @@ def load_faces(faces: Path, limit: int | None, size: int) -> np.ndarray:
     return crop_set.crops
 
 
+def _environment(cache: Path, qemu: str, mirror: str, runtimes: tuple[str, ...]) -> tuple[Path, dict, dict]:
+    """The arm64 root and the site folders of each runtime (arm64 and, where the host lacks it, x86).
+
+    Built under the cache lock: two checks at once share one root instead of racing to build it.
+    Returns (root, arm64 sites by runtime, x86 sites by runtime).
+    """
+    with _locked(cache):
+        root = build_root(cache, qemu, mirror)
+        sites = {runtime: arm_sites(cache, runtime) for runtime in runtimes}
+        host_sites = {runtime: x86_sites(cache, runtime) for runtime in runtimes}
+    return root, sites, host_sites
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every worker run of one check shares: the emulator, the bundle, the crops and the pass rule."""
+
+    qemu: str
+    root: Path  # the arm64 root
+    bundle: Path
+    crops_file: Path
+    faces: int
+    tmp: Path  # where the workers write their outputs
+    threads: int
+    timeout: float
+    int8_tolerance: int | None
+    min_cosine: float | None
+
+
+Reference = tuple[Path | None, dict, str | None]  # x86 outputs file, worker info, error
+
+
+def _x86_references(run: _Run, runtimes: tuple[str, ...], host_sites: dict, timings: dict) -> dict[str, Reference]:
+    """Each runtime's outputs on x86, by the same worker the arm64 runs use, so the two differ only by CPU.
+
+    A failed reference fails every arm64 run of that runtime instead of stopping the check.
+    """
+    references: dict[str, Reference] = {}
+    for runtime in runtimes:
+        mark = time.monotonic()
+        out = run.tmp / f"x86-{runtime}.npz"
+        pythonpath = os.pathsep.join([str(REPO)] + [str(p) for p in host_sites[runtime]])
+        proc, info = run_worker([sys.executable], {"PYTHONPATH": pythonpath}, run.bundle, run.crops_file,
+                                runtime, run.threads, out, run.timeout)
+        error = None if proc.returncode == 0 and out.is_file() else "x86 reference " + _describe_failure(proc)
+        references[runtime] = (out if error is None else None, info, error)
+        timings[f"x86_{runtime}_s"] = round(time.monotonic() - mark, 1)
+    return references
+
+
+def _judge(result: RunResult, stats: dict, runtime: str, int8_tolerance: int | None,
+           min_cosine: float | None) -> None:
+    """Record the x86-vs-arm64 figures on ``result`` and pass it by the runtime's rule (:func:`rule_for`)."""
+    result.int8_max_diff = stats["int8_max_diff"]
+    result.float_max_diff = stats["float_max_diff"]
+    result.min_cosine = stats["min_cosine"]
+    result.arm["differing_values"] = stats["differing_values"]
+    tolerance, cosine_floor = rule_for(runtime, int8_tolerance, min_cosine)
+    result.int8_tolerance, result.min_cosine_required = tolerance, cosine_floor
+    ok = stats["int8_max_diff"] is None or tolerance is None or stats["int8_max_diff"] <= tolerance
+    result.passed = bool(ok and stats["min_cosine"] >= cosine_floor)
+
+
+def _arm_run(run: _Run, prefix: Path, profile: CpuProfile, emulated: str, runtime: str, sites: list[Path],
+             reference: Reference) -> RunResult:
+    """One runtime on one emulated Pi, compared with its x86 reference; a crash or mismatch is a failed
+    result, never an exception, so the other pairs still run."""
+    mark = time.monotonic()
+    ref_path, ref_info, ref_error = reference
+    result = RunResult(runtime=runtime, cpu=profile.name, qemu_cpu=emulated, passed=False, faces=run.faces,
+                       x86=ref_info)
+    if ref_error:
+        result.error = ref_error
+        return result
+    out = run.tmp / f"arm-{profile.name}-{runtime}.npz"
+    env = {
+        "QEMU_CPU": emulated,
+        "PYTHONPATH": os.pathsep.join([str(REPO)] + [str(p) for p in sites]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    python = [run.qemu, "-L", str(prefix), str(run.root / "usr" / "bin" / "python3.11")]
+    proc, info = run_worker(python, env, run.bundle, run.crops_file, runtime, run.threads, out, run.timeout)
+    result.arm = info
+    result.seconds = round(time.monotonic() - mark, 1)
+    if proc.returncode != 0 or not out.is_file():
+        result.error = _describe_failure(proc)
+        return result
+    seen = info.get("cpuinfo", {})
+    if seen.get("CPU part") != profile.part:
+        log.warning("the emulated process saw CPU part %s in /proc/cpuinfo, not %s (%s)",
+                    seen.get("CPU part"), profile.part, profile.name)
+    with np.load(ref_path) as ref, np.load(out) as arm:
+        try:
+            stats = compare(ref, arm)
+        except ValueError as exc:
+            result.error = str(exc)
+            stats = None
+    if stats:
+        _judge(result, stats, runtime, run.int8_tolerance, run.min_cosine)
+    return result
+
+
 def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ...] = ("pi4", "pi5"),
               runtimes: tuple[str, ...] = RUNTIMES, qemu_cpu: str | None = None, threads: int = 2,
               limit: int | None = 16, cache: Path = DEFAULT_CACHE, int8_tolerance: int | None = None,
@@ -427,10 +529,7 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
     qemu = find_qemu()
     bundle = load_bundle(bundle_dir, expect_kind="embedder")
     size = int(bundle.input_spec.get("width", 112))
-    with _locked(cache):
-        root = build_root(cache, qemu, mirror)
-        sites = {runtime: arm_sites(cache, runtime) for runtime in runtimes}
-        host_sites = {runtime: x86_sites(cache, runtime) for runtime in runtimes}
+    root, sites, host_sites = _environment(cache, qemu, mirror, runtimes)
     timings["setup_s"] = round(time.monotonic() - started, 1)
 
     mark = time.monotonic()
@@ -442,65 +541,18 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
         tmp = Path(tmp_name)
         crops_file = tmp / "crops.npy"
         np.save(crops_file, crops)
-        references: dict[str, tuple[Path | None, dict, str | None]] = {}
-        for runtime in runtimes:
-            mark = time.monotonic()
-            out = tmp / f"x86-{runtime}.npz"
-            pythonpath = os.pathsep.join([str(REPO)] + [str(p) for p in host_sites[runtime]])
-            proc, info = run_worker([sys.executable], {"PYTHONPATH": pythonpath}, bundle.root, crops_file,
-                                    runtime, threads, out, timeout)
-            error = None if proc.returncode == 0 and out.is_file() else "x86 reference " + _describe_failure(proc)
-            references[runtime] = (out if error is None else None, info, error)
-            timings[f"x86_{runtime}_s"] = round(time.monotonic() - mark, 1)
-
+        run = _Run(qemu, root, bundle.root, crops_file, len(crops), tmp, threads, timeout, int8_tolerance, min_cosine)
+        references = _x86_references(run, runtimes, host_sites, timings)
         with _locked(cache):
             prefixes = {name: make_prefix(cache, root, PROFILES[name]) for name in cpus}
         for cpu in cpus:
             profile = PROFILES[cpu]
-            emulated = qemu_cpu or profile.qemu_cpu
             for runtime in runtimes:
-                mark = time.monotonic()
-                ref_path, ref_info, ref_error = references[runtime]
-                result = RunResult(runtime=runtime, cpu=cpu, qemu_cpu=emulated, passed=False, faces=len(crops),
-                                   x86=ref_info)
-                if ref_error:
-                    result.error = ref_error
-                    results.append(result)
-                    continue
-                out = tmp / f"arm-{cpu}-{runtime}.npz"
-                env = {
-                    "QEMU_CPU": emulated,
-                    "PYTHONPATH": os.pathsep.join([str(REPO)] + [str(p) for p in sites[runtime]]),
-                    "PYTHONDONTWRITEBYTECODE": "1",
-                }
-                python = [qemu, "-L", str(prefixes[cpu]), str(root / "usr" / "bin" / "python3.11")]
-                proc, info = run_worker(python, env, bundle.root, crops_file, runtime, threads, out, timeout)
-                result.arm = info
-                result.seconds = round(time.monotonic() - mark, 1)
-                if proc.returncode != 0 or not out.is_file():
-                    result.error = _describe_failure(proc)
-                else:
-                    seen = info.get("cpuinfo", {})
-                    if seen.get("CPU part") != profile.part:
-                        log.warning("the emulated process saw CPU part %s in /proc/cpuinfo, not %s (%s)",
-                                    seen.get("CPU part"), profile.part, profile.name)
-                    with np.load(ref_path) as ref, np.load(out) as arm:
-                        try:
-                            stats = compare(ref, arm)
-                        except ValueError as exc:
-                            result.error = str(exc)
-                            stats = None
-                    if stats:
-                        result.int8_max_diff = stats["int8_max_diff"]
-                        result.float_max_diff = stats["float_max_diff"]
-                        result.min_cosine = stats["min_cosine"]
-                        result.arm["differing_values"] = stats["differing_values"]
-                        tolerance, cosine_floor = rule_for(runtime, int8_tolerance, min_cosine)
-                        result.int8_tolerance, result.min_cosine_required = tolerance, cosine_floor
-                        ok = stats["int8_max_diff"] is None or tolerance is None or stats["int8_max_diff"] <= tolerance
-                        result.passed = bool(ok and stats["min_cosine"] >= cosine_floor)
+                result = _arm_run(run, prefixes[cpu], profile, qemu_cpu or profile.qemu_cpu, runtime,
+                                  sites[runtime], references[runtime])
                 results.append(result)
-                timings[f"arm_{cpu}_{runtime}_s"] = result.seconds
+                if not references[runtime][2]:
+                    timings[f"arm_{cpu}_{runtime}_s"] = result.seconds
 
     timings["total_s"] = round(time.monotonic() - started, 1)
     return {
