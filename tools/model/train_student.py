@@ -674,6 +674,116 @@ def _device(name: str) -> str:
     return name
 
 
+def _student_config(input_size: int, width: float, stages: str | None, head: int | None,
+                    source: Path | None) -> StudentConfig:
+    """The architecture from the options, unless the checkpoint to start from (``source``) was built
+    otherwise: a checkpoint's architecture wins, its weights only fit that network."""
+    config = StudentConfig(input_size=input_size, width=width)
+    if stages:
+        config.stages = parse_stages(stages)
+    if head:
+        config.head = head
+    saved = _saved_config(source) if source is not None else None
+    if saved is not None and saved != config:
+        click.echo(f"architecture from {source}: {saved.to_dict()}")
+        config = saved
+    return config
+
+
+def _report_cost(config: StudentConfig, input_size: int) -> None:
+    """Say what a face costs before any training starts, and warn over the issue's 40M multiply-adds."""
+    info = count_macs(Student(config), input_size)
+    click.echo(f"student: {info['macs'] / 1e6:.2f}M multiply-adds per face, {info['params'] / 1e6:.3f}M parameters, "
+               f"input {input_size}x{input_size}")
+    if info["macs"] > 40e6:
+        click.echo("warning: over the 40M multiply-add budget", err=True)
+
+
+@dataclass
+class _TrainingCrops:
+    """The training faces and where their teacher targets come from (a pack may carry both)."""
+
+    crops: np.ndarray
+    paths: list[str]
+    identities: list[str]
+    cache_file: Path  # where the teacher targets are (to be) cached, keyed by the crops' content
+    teacher_path: Path | None = None  # the teacher ONNX on disk (crops from folders)
+    teacher_bytes: bytes | None = None  # the teacher ONNX a pack carries
+    targets: np.ndarray | None = None  # teacher targets a pack carries
+
+
+def _crops_from_pack(pack_path: Path, out_dir: Path) -> _TrainingCrops:
+    """A pack's crops, labels and, when packed, the teacher and its targets; targets are cached in OUT
+    since the pack's machine has no crop cache."""
+    pack = load_pack(pack_path)
+    crops, paths = pack["crops"], pack["paths"]
+    teacher_bytes = pack.get("teacher_onnx")
+    teacher_sha = hashlib.sha256(teacher_bytes).hexdigest() if teacher_bytes else "pack"
+    return _TrainingCrops(crops, paths, pack["identities"], out_dir / f"teacher-{crop_key(paths, crops, teacher_sha)}.npy",
+                          teacher_bytes=teacher_bytes, targets=pack.get("teacher"))
+
+
+def _crops_from_folders(roots: tuple[Path, ...], limit: int | None, seed: int, cache_dir: Path,
+                        teacher_path: Path | None) -> _TrainingCrops:
+    """Every face under ROOTS through the device's detector and aligner (cached), and the teacher they are
+    distilled from; targets are cached beside the crops, keyed by pixels and teacher."""
+    from edge.bundle import sha256_file
+
+    from .crops import build_crops
+    from .teacher import default_teacher_path
+
+    crop_set = build_crops(list(roots), 112, limit, seed, cache_dir)
+    crops, paths = crop_set.crops, crop_set.paths
+    tpath = teacher_path or default_teacher_path()
+    teacher_sha = sha256_file(tpath)
+    return _TrainingCrops(crops, paths, crop_set.identities,
+                          Path(cache_dir) / f"teacher-{crop_key(paths, crops, teacher_sha)}.npy", teacher_path=tpath)
+
+
+def _lazy_teacher(data: _TrainingCrops, teacher_path: Path | None, out_dir: Path, device: str):
+    """A function returning the float teacher, loaded on first call only: most runs read cached targets
+    and never need it (mixup does, every step)."""
+    from .teacher import load_teacher
+
+    teacher = None
+
+    def the_teacher():
+        nonlocal teacher
+        if teacher is None:
+            if data.teacher_bytes is not None:
+                tmp = out_dir / "teacher.onnx"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data.teacher_bytes)
+                teacher = load_teacher(tmp, device)
+                tmp.unlink()
+            else:
+                teacher = load_teacher(teacher_path, device)
+        return teacher
+
+    return the_teacher
+
+
+def _teacher_targets(data: _TrainingCrops, the_teacher, teacher_path: Path | None, device: str) -> np.ndarray:
+    """The teacher's embeddings of every crop and its mirror: packed, cached, or computed once and cached."""
+    from .teacher import default_teacher_path, teacher_embeddings
+
+    targets = data.targets
+    if targets is None and data.cache_file.is_file():
+        targets = np.load(data.cache_file)
+        click.echo(f"teacher targets from {data.cache_file}")
+    if targets is None:
+        if data.teacher_bytes is None and device == "cpu":  # OpenCV's DNN is several times faster than eager PyTorch
+            from .teacher import teacher_embeddings_cv2
+
+            targets = teacher_embeddings_cv2(teacher_path or default_teacher_path(), data.crops)
+        else:
+            targets = teacher_embeddings(the_teacher(), data.crops, device, batch=256 if device == "cuda" else 16)
+        data.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(data.cache_file, targets.astype(np.float16))
+        click.echo(f"teacher targets cached in {data.cache_file}")
+    return targets.astype(np.float32)
+
+
 @click.command("train-student")
 @click.argument("roots", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--pack", "pack_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -724,10 +834,6 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
             stages, head, epochs, steps_per_epoch, batch_size, lr, rel_weight, arc_epochs, arc_weight, aug_strength, heldout, seed,
             split_seed, device, resume, max_minutes, init_path, mixup, qat, targets_cache, no_export):
     """Distil the float teacher (SFace) into the tiny Inception-style student."""
-    from edge.bundle import sha256_file
-
-    from .teacher import default_teacher_path, load_teacher, teacher_embeddings
-
     if input_size > 112:
         raise click.BadParameter("the student's input is at most 112x112", param_hint="--input-size")
     if not 0.0 <= mixup <= 1.0:
@@ -736,83 +842,30 @@ def command(roots, pack_path, save_pack_path, pack_quality, out_dir, teacher_pat
         raise click.UsageError("--qat fine-tunes a trained student: give --init (or --resume a QAT run)")
     device = _device(device)
     seed_everything(seed)
-    config = StudentConfig(input_size=input_size, width=width)
-    if stages:
-        config.stages = parse_stages(stages)
-    if head:
-        config.head = head
-    source = out_dir / "last.pt" if resume else init_path
-    saved = _saved_config(source) if source is not None else None
-    if saved is not None and saved != config:
-        # A checkpoint's architecture wins: its weights only fit that network.
-        click.echo(f"architecture from {source}: {saved.to_dict()}")
-        config = saved
-    info = count_macs(Student(config), input_size)
-    click.echo(f"student: {info['macs'] / 1e6:.2f}M multiply-adds per face, {info['params'] / 1e6:.3f}M parameters, "
-               f"input {input_size}x{input_size}")
-    if info["macs"] > 40e6:
-        click.echo("warning: over the 40M multiply-add budget", err=True)
+    config = _student_config(input_size, width, stages, head, out_dir / "last.pt" if resume else init_path)
+    _report_cost(config, input_size)
 
-    teacher_bytes = None
-    targets = None
     if pack_path is not None:
-        pack = load_pack(pack_path)
-        crops, paths, identities = pack["crops"], pack["paths"], pack["identities"]
-        teacher_bytes, targets = pack.get("teacher_onnx"), pack.get("teacher")
-        teacher_sha = hashlib.sha256(teacher_bytes).hexdigest() if teacher_bytes else "pack"
-        cache_file = out_dir / f"teacher-{crop_key(paths, crops, teacher_sha)}.npy"
+        data = _crops_from_pack(pack_path, out_dir)
     else:
         if not roots:
             raise click.UsageError("give ROOTS (folders of face images) or --pack")
-        from .crops import build_crops
-
-        crop_set = build_crops(list(roots), 112, limit, seed, cache_dir)
-        crops, paths, identities = crop_set.crops, crop_set.paths, crop_set.identities
-        tpath = teacher_path or default_teacher_path()
-        teacher_sha = sha256_file(tpath)
-        cache_file = Path(cache_dir) / f"teacher-{crop_key(paths, crops, teacher_sha)}.npy"
+        data = _crops_from_folders(roots, limit, seed, cache_dir, teacher_path)
         if save_pack_path:
-            save_pack(save_pack_path, crops, paths, identities, tpath, pack_quality)
-            click.echo(f"pack {save_pack_path}: {len(paths)} crops, {save_pack_path.stat().st_size / 1e6:.1f} MB")
+            save_pack(save_pack_path, data.crops, data.paths, data.identities, data.teacher_path, pack_quality)
+            click.echo(f"pack {save_pack_path}: {len(data.paths)} crops, {save_pack_path.stat().st_size / 1e6:.1f} MB")
             return
     if targets_cache is not None:
-        cache_file = targets_cache
-    click.echo(f"{len(crops)} training crops")
+        data.cache_file = targets_cache
+    click.echo(f"{len(data.crops)} training crops")
 
-    if targets is None and cache_file.is_file():
-        targets = np.load(cache_file)
-        click.echo(f"teacher targets from {cache_file}")
-    teacher = None
-
-    def the_teacher():
-        nonlocal teacher
-        if teacher is None:
-            if teacher_bytes is not None:
-                tmp = out_dir / "teacher.onnx"
-                out_dir.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(teacher_bytes)
-                teacher = load_teacher(tmp, device)
-                tmp.unlink()
-            else:
-                teacher = load_teacher(teacher_path, device)
-        return teacher
-
-    if targets is None:
-        if teacher_bytes is None and device == "cpu":  # OpenCV's DNN is several times faster than eager PyTorch
-            from .teacher import teacher_embeddings_cv2
-
-            targets = teacher_embeddings_cv2(teacher_path or default_teacher_path(), crops)
-        else:
-            targets = teacher_embeddings(the_teacher(), crops, device, batch=256 if device == "cuda" else 16)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache_file, targets.astype(np.float16))
-        click.echo(f"teacher targets cached in {cache_file}")
-    targets = targets.astype(np.float32)
-    labels, num_classes = label_classes(identities)
+    the_teacher = _lazy_teacher(data, teacher_path, out_dir, device)
+    targets = _teacher_targets(data, the_teacher, teacher_path, device)
+    labels, num_classes = label_classes(data.identities)
     click.echo(f"{num_classes} identity classes for arcmargin ({int((labels >= 0).sum())} labelled crops)")
 
     model, history = train(
-        crops, targets, labels, num_classes, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr,
+        data.crops, targets, labels, num_classes, out_dir, config, epochs=epochs, batch_size=batch_size, lr=lr,
         rel_weight=rel_weight, arc_epochs=arc_epochs, arc_weight=arc_weight, heldout=heldout, seed=seed,
         device=device, resume=resume, max_minutes=max_minutes, aug_strength=aug_strength,
         steps_per_epoch=steps_per_epoch, init=init_path, split_seed=split_seed, qat=qat,
