@@ -480,6 +480,14 @@ def test_model_tool_keeps_the_exit_status_of_a_tampered_or_missing_bundle(tmp_pa
     assert missing.stderr.startswith("edge: error: ") and "no-such-bundle" in missing.stderr
 
 
+def test_a_folder_without_images_is_no_input(tmp_path):
+    from tools.model.cli import main
+
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["crops", str(tmp_path / "empty"), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 66 and "edge: error: no images under" in result.output
+
+
 def test_every_model_subcommand_goes_through_the_one_boundary():
     """Each subcommand's callback is edge.cli.boundary's wrapper: none re-wraps errors as plain click ones."""
     import click

@@ -31,6 +31,12 @@ DEFAULT_DETECTOR = Path(__file__).resolve().parents[2] / "models" / "yunet"
 MIN_DETECT_SIDE = 200  # small crops (89x109 CelebA) are upsampled so YuNet's anchors fit them
 
 
+class NoImagesError(EdgeError):
+    """The folders given hold no image files: nothing to crop, calibrate or train on."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
 @dataclass
 class CropSet:
     crops: np.ndarray  # (N, S, S, 3) uint8 BGR
@@ -128,7 +134,7 @@ def build_crops(
     bundle = load_bundle(detector_bundle, expect_kind="detector")
     items = select_images(roots, limit, seed)
     if not items:
-        raise EdgeError(f"no images under {', '.join(str(r) for r in roots)}")
+        raise NoImagesError(f"no images under {', '.join(str(r) for r in roots)}")
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"crops-{size}-{_cache_key(items, size, bundle.sha256)}.npz"
