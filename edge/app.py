@@ -102,7 +102,7 @@ def effective_threshold(config: Config, embedder: Embedder, override: float | No
 
 def enroll_demo_people(gallery: Gallery, detector, embedder, companions=()) -> list[str]:
     """Enroll the bundled, credited demo faces (one folder per person) if they are missing."""
-    from .enroll import enroll_files
+    from .enrollment.store import enroll_files
 
     enrolled = []
     root = DEMO_DIR / "enroll"

@@ -9,7 +9,7 @@ import pytest
 from edge.app import Recognizer
 from edge.camera.fake import FakeSource
 from edge.config import config_from_dict, default_config
-from edge.enroll import enroll_files
+from edge.enrollment.store import enroll_files
 from edge.errors import ModelError, ModelIntegrityError, ModelMismatchError, MultipleFacesError, NoFaceError
 from edge.gallery import Gallery
 from edge.images import load_image

@@ -6,7 +6,7 @@ import pytest
 from edge.app import Recognizer
 from edge.camera.fake import FakeSource
 from edge.config import config_from_dict
-from edge.enroll import enroll_files
+from edge.enrollment.store import enroll_files
 from edge.errors import ConfigError, ModelMismatchError
 from edge.gallery import Gallery
 from edge.types import Outcome

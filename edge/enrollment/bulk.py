@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..enroll import add_companion_samples, png_bytes
+from .store import store_captures
 from ..errors import GalleryError, ImageError
 from ..gallery import Gallery, validate_name
 from ..images import IMAGE_SUFFIXES, decode_image, read_regular_file
@@ -193,18 +192,13 @@ class BulkEnroller:
         return report
 
     def _write(self, name: str, stored: str, accepted: list) -> None:
-        capture_ids = [uuid.uuid4().hex for _ in accepted]
-        dtype = self.config.gallery.embedding_dtype
         with self.gallery.transaction():
             if stored != name:
                 self.gallery.rename(stored, name)  # the canonical spelling from now on
-            person_id = self.gallery.add_samples(
-                name, np.stack([a[0] for a in accepted]), self.embedder.model_id, dtype=dtype,
-                quality=[a[1] for a in accepted], source=[a[2] for a in accepted], capture_ids=capture_ids,
-                crops=[png_bytes(a[3]) for a in accepted] if self.keep_crops else None,
-            )
-            add_companion_samples(self.gallery, name, [a[3] for a in accepted], capture_ids,
-                                  self.companions, dtype)
+            person_id = store_captures(
+                self.gallery, name, [a[3] for a in accepted], np.stack([a[0] for a in accepted]),
+                self.embedder.model_id, companions=self.companions, dtype=self.config.gallery.embedding_dtype,
+                quality=[a[1] for a in accepted], source=[a[2] for a in accepted], keep_crops=self.keep_crops)
             self.gallery.log_event("enrolled", name=name, person_id=person_id, model_id=self.embedder.model_id,
                                    detail={"samples": len(accepted), "via": "files", "at": time.time()})
 

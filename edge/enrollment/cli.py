@@ -387,7 +387,7 @@ def reembed(config_path):
     enrolled without --keep-crops are listed: they must be enrolled again.
     """
     from ..app import build_companions, build_embedder
-    from ..enroll import reembed_from_crops
+    from .store import reembed_from_crops
     from ..gallery import Gallery
 
     config = _config(config_path)

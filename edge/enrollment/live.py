@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..embedder import Embedder
-from ..enroll import add_companion_samples, png_bytes
+from .store import png_bytes, store_captures
 from ..gallery import Gallery
 from ..types import Face
 from .quality import Metrics, Reason, SessionGuard, Thresholds, assess
@@ -124,15 +124,10 @@ def commit(gallery: Gallery, session: LiveEnrollment, model_id: str, dtype: str 
     """
     samples = session.samples
     when = time.strftime("%Y-%m-%dT%H:%M:%S")
-    with gallery.transaction():
-        person_id = gallery.add_samples(
-            session.name, np.stack([s.embedding for s in samples]), model_id, dtype=dtype,
-            quality=[s.score for s in samples], source=[f"{via}:{when}"] * len(samples),
-            crops=[png_bytes(s.crop) for s in samples] if keep_crops else None,
-            capture_ids=[s.capture_id for s in samples],
-        )
-        add_companion_samples(gallery, session.name, [s.crop for s in samples],
-                              [s.capture_id for s in samples], companions, dtype)
+    person_id = store_captures(
+        gallery, session.name, [s.crop for s in samples], np.stack([s.embedding for s in samples]), model_id,
+        companions=companions, dtype=dtype, quality=[s.score for s in samples],
+        source=[f"{via}:{when}"] * len(samples), capture_ids=[s.capture_id for s in samples], keep_crops=keep_crops)
     gallery.log_event("enrolled", name=session.name, person_id=person_id, model_id=model_id,
                       detail={"samples": len(samples), "via": via, "warnings": session.warnings[:5]})
     return person_id

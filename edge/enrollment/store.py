@@ -1,4 +1,4 @@
-"""Enrollment from image files: exactly one face per image, embedded and stored atomically."""
+"""Storing enrolled captures (the one write path of file, bulk, live and demo enrollment), and enrollment from image files."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .align import align_face
-from .detect import Detector
-from .embedder import Embedder
-from .errors import MultipleFacesError, NoFaceError
-from .gallery import Gallery
-from .images import load_image
-from .types import Face
+from ..align import align_face
+from ..detect import Detector
+from ..embedder import Embedder
+from ..errors import MultipleFacesError, NoFaceError
+from ..gallery import Gallery
+from ..images import load_image
+from ..types import Face
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,23 @@ def prepare_image(path: str | Path, detector: Detector, size: int) -> PreparedSa
     return PreparedSample(str(path), align_face(image, face.landmarks, size), face)
 
 
-def add_companion_samples(gallery: Gallery, name: str, crops: Sequence[np.ndarray], capture_ids: Sequence[str],
-                          companions: Sequence[Embedder], dtype: str = "float32") -> None:
-    """Store the same captures embedded by each companion model (two-stage), tied by capture id.
-
-    Call inside the transaction that stored the main samples, so both or neither land.
+def store_captures(gallery: Gallery, name: str, crops: Sequence[np.ndarray], embeddings: np.ndarray, model_id: str,
+                   *, companions: Sequence[Embedder] = (), dtype: str = "float32",
+                   quality: Sequence[float | None] | None = None, source: Sequence[str | None] | None = None,
+                   capture_ids: Sequence[str] | None = None, keep_crops: bool = False) -> int:
+    """The one way enrollment writes a person's captures: the main model's embeddings, the same crops
+    embedded by each companion model (two-stage, tied by capture id) and, if asked, the crops - in one
+    transaction (nested in the caller's, if any), so all of it lands or none.  Returns the person id.
     """
-    for companion in companions:
-        gallery.add_samples(name, companion.embed(list(crops)), companion.model_id, dtype=dtype,
-                            source=["companion"] * len(crops), capture_ids=list(capture_ids), create=False)
+    capture_ids = list(capture_ids) if capture_ids is not None else [uuid.uuid4().hex for _ in crops]
+    with gallery.transaction():
+        person_id = gallery.add_samples(name, embeddings, model_id, dtype=dtype, quality=quality, source=source,
+                                        crops=[png_bytes(c) for c in crops] if keep_crops else None,
+                                        capture_ids=capture_ids)
+        for companion in companions:
+            gallery.add_samples(name, companion.embed(list(crops)), companion.model_id, dtype=dtype,
+                                source=["companion"] * len(crops), capture_ids=capture_ids, create=False)
+    return person_id
 
 
 def enroll_files(gallery: Gallery, detector: Detector, embedder: Embedder, name: str,
@@ -68,15 +76,10 @@ def enroll_files(gallery: Gallery, detector: Detector, embedder: Embedder, name:
                  companions: Sequence[Embedder] = ()) -> int:
     """Enroll ``name`` from image files; all or nothing: one bad file stores none of them."""
     prepared = [prepare_image(p, detector, embedder.input_size) for p in paths]
-    embeddings = embedder.embed([s.crop for s in prepared])
-    crops = [png_bytes(s.crop) for s in prepared] if keep_crops else None
-    capture_ids = [uuid.uuid4().hex for _ in prepared]
-    with gallery.transaction():
-        gallery.add_samples(
-            name, embeddings, embedder.model_id, dtype=dtype, quality=[s.face.score for s in prepared],
-            source=[Path(s.source).name for s in prepared], crops=crops, capture_ids=capture_ids,
-        )
-        add_companion_samples(gallery, name, [s.crop for s in prepared], capture_ids, companions, dtype)
+    crops = [s.crop for s in prepared]
+    store_captures(gallery, name, crops, embedder.embed(crops), embedder.model_id, companions=companions,
+                   dtype=dtype, quality=[s.face.score for s in prepared],
+                   source=[Path(s.source).name for s in prepared], keep_crops=keep_crops)
     log.info("enrolled %s from %d image(s)", name, len(prepared))
     return len(prepared)
 
