@@ -271,17 +271,18 @@ class Gallery:
         """Changes whenever another connection commits: a cheap "look again" signal."""
         return self.db.execute("PRAGMA data_version").fetchone()[0]
 
-    def transaction(self):
+    def transaction(self, write: bool = True):
         """One all-or-nothing write around several calls (samples of two models and their event).
 
         Nested calls become savepoints; SQLite errors (disk full, file too
         large, locked, read-only) come out as GalleryError, as from every method.
+        ``write=False`` is a consistent read snapshot that takes no write lock.
         """
-        return _AtomicWrite(self)
+        return _AtomicWrite(self, write)
 
     def file_hashes(self) -> dict[str, str]:
         """sha256 -> name for every sample enrolled from a file (``source = "sha256:<hex>:<file name>"``)."""
-        with self.transaction():
+        with self.transaction(write=False):
             rows = self.db.execute(
                 "SELECT s.source, p.name FROM samples s JOIN people p ON p.id = s.person_id "
                 "WHERE s.source LIKE 'sha256:%'"
@@ -295,7 +296,7 @@ class Gallery:
         normalised are still found; None when no one matches.
         """
         wanted = _canonical_name(name)
-        with self.transaction():
+        with self.transaction(write=False):
             for candidate in (name, wanted):
                 if self.has_person(candidate):
                     return candidate
@@ -550,7 +551,7 @@ class Gallery:
 
     def matrix(self, model_id: str) -> GalleryMatrix:
         """All samples embedded with ``model_id`` as one unit-norm matrix, read in one snapshot."""
-        with self.transaction():
+        with self.transaction(write=False):
             version = self.version()
             rows = self.db.execute(
                 "SELECT s.person_id, p.name, s.embedding, s.dtype, s.dim, s.scale FROM samples s "
@@ -566,7 +567,7 @@ class Gallery:
 
     def snapshot(self, names: list[str] | None = None, crops: bool = False) -> list[dict]:
         """People (all, or those named) with their samples as stored and, if asked, their crops; one read."""
-        with self.transaction():
+        with self.transaction(write=False):
             rows = self.db.execute(
                 "SELECT id, name, uuid, created_at, updated_at, last_seen, note FROM people ORDER BY name").fetchall()
             people = []
@@ -615,12 +616,22 @@ class Gallery:
 class _AtomicWrite:
     """``db.atomic()`` plus translation of SQLite errors into GalleryError."""
 
-    def __init__(self, gallery: Gallery) -> None:
+    def __init__(self, gallery: Gallery, write: bool = True) -> None:
         self.gallery = gallery
+        self.write = write
         self._cm = None
+        self._own = False
 
     def __enter__(self):
+        conn = self.gallery.db.conn
         try:
+            if self.write and not conn.in_transaction:
+                # IMMEDIATE takes the write lock up front, waiting busy_timeout for it.  A deferred
+                # BEGIN that reads first fails at once with "database is locked" when another
+                # connection (the recognizer's audit writes) committed in between (SQLITE_BUSY_SNAPSHOT).
+                conn.execute("BEGIN IMMEDIATE")
+                self._own = True
+                return self.gallery.db
             self._cm = self.gallery.db.atomic()
             return self._cm.__enter__()
         except sqlite3.Error as exc:
@@ -628,8 +639,18 @@ class _AtomicWrite:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            suppressed = self._cm.__exit__(exc_type, exc, tb)
+            if self._own:
+                conn = self.gallery.db.conn
+                if exc_type is None:
+                    conn.execute("COMMIT")
+                elif conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                suppressed = False
+            else:
+                suppressed = self._cm.__exit__(exc_type, exc, tb)
         except sqlite3.Error as err:
+            if self._own and self.gallery.db.conn.in_transaction:
+                self.gallery.db.conn.execute("ROLLBACK")
             raise _friendly(err, self.gallery.path) from err
         if isinstance(exc, sqlite3.Error):
             raise _friendly(exc, self.gallery.path) from exc

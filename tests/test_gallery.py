@@ -323,3 +323,36 @@ def test_a_gallery_from_before_stable_ids_migrates(tmp_path):
         (person,) = g.people()
         assert person.name == "Ada" and person.samples == 2 and len(person.uuid) == 32
         assert [(c["person_uuid"], c["kind"]) for c in g.changes()] == [(person.uuid, "migrated")]
+
+
+def test_a_write_that_reads_first_waits_for_another_writer_instead_of_failing(tmp_path):
+    """The recognizer's audit writes commit between an enrollment's first read and its insert.
+
+    A deferred BEGIN then fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, no busy
+    wait): what made live enrollment beside a running replay loop fail under load.
+    """
+    import threading
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "g.db"
+    Gallery(path).close()
+    read_done, errors = threading.Event(), []
+
+    def audit_writer():
+        read_done.wait(10)
+        try:
+            with Gallery(path) as other:
+                other.log_event("granted", name="someone")
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=audit_writer)
+    thread.start()
+    with Gallery(path) as g:
+        with g.transaction():
+            assert not g.has_person("Ada")  # the read that opens the snapshot
+            read_done.set()
+            time.sleep(0.3)  # the other connection tries to commit now
+            g.add_samples("Ada", unit(rng, 1), "m:1")
+        thread.join(10)
+        assert errors == [] and g.has_person("Ada") and len(g.events()) == 1
