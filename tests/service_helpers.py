@@ -119,6 +119,17 @@ def start_edge(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen([PYTHON, "-m", "edge.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for_socket(path: Path, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -135,8 +135,8 @@ def test_guard_diversity_refuses_a_copy_of_an_accepted_sample(embedder, fixture_
 
 
 # -- the CLI over a real gallery ------------------------------------------------------------
-@pytest.fixture
-def config_file(tmp_path):
+def replay_config(tmp_path):
+    """A config over the shipped models and the replay camera, state in ``tmp_path``."""
     path = tmp_path / "edge.toml"
     path.write_text(
         f'state_dir = "{tmp_path / "state"}"\n'
@@ -145,6 +145,11 @@ def config_file(tmp_path):
         "[camera]\nsource = \"replay\"\nfps = 0.0\n"
     )
     return path
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    return replay_config(tmp_path)
 
 
 def run_cli(config_file, *args, ok=True):

@@ -25,6 +25,8 @@ import pytest
 from edge.config import load_config
 from edge.gallery import Gallery
 
+from .test_enrollment import replay_config
+
 from .conftest import FIXTURES, MODELS, ROOT
 from .image_bombs import tiff_deflate_bomb
 
@@ -86,14 +88,7 @@ def edge(*args: str, timeout: float = 120, file_size_limit: int = 0) -> Run:
 
 @pytest.fixture
 def config(tmp_path):
-    path = tmp_path / "edge.toml"
-    path.write_text(
-        f'state_dir = "{tmp_path / "state"}"\n'
-        f'models_dir = "{MODELS}"\n'
-        "[decision]\nthreshold = 1.0\n"
-        "[camera]\nsource = \"replay\"\nfps = 0.0\n"
-    )
-    return path
+    return replay_config(tmp_path)
 
 
 def people_in(config) -> dict[str, int]:

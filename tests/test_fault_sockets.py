@@ -8,10 +8,8 @@ import os
 import select
 import selectors
 import shutil
-import signal
 import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from .service_helpers import (
     read_events,
     relay_periods,
     start_edge,
+    stop_process,
     wait_for_socket,
     world_dir,
     write_toml,
@@ -49,13 +48,7 @@ class _Actuator:
         return read_events(self.events_log)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -331,13 +324,7 @@ class _Recognizer:
             return next(client.request({"op": "ping"}))
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
