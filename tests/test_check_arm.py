@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tools.model import check_arm
-from tools.model.cli import main
+from edge_model import check_arm
+from edge_model.cli import main
 
 from .conftest import MODELS, ROOT
 

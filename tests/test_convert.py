@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tools.model.cli import main
+from edge_model.cli import main
 
 FACES = Path(__file__).parent / "fixtures" / "faces"
 
@@ -70,7 +70,7 @@ def test_tiny_onnx_to_int8_bundle(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from edge.bundle import load_bundle
     from edge.embedder import TFLiteEmbedder, preprocess
-    from tools.model.crops import build_crops
+    from edge_model.crops import build_crops
 
     src = _tiny_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / "tiny-int8"

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from edge.bundle import read_manifest, sha256_file, write_manifest
 from edge.errors import ModelError
-from tools.model import metrics
-from tools.model.protocols import (
+from edge_model import metrics
+from edge_model.protocols import (
     PairsProtocolError,
     load_protocol,
     parse_cfp,
@@ -31,7 +31,7 @@ INT8_BUNDLE = REPO / "models" / "sface-int8"
 
 
 def _sface_onnx() -> Path:
-    from tools.model.sources import package_model
+    from edge_model.sources import package_model
 
     try:
         return package_model("sface")
@@ -256,7 +256,7 @@ def test_roc_points_and_rule_of_three():
 
 
 def test_choose_threshold_warns_on_too_few_impostors():
-    from tools.model.tune import choose_threshold
+    from edge_model.tune import choose_threshold
 
     record = choose_threshold(np.array([0.3, 0.5, 0.9]), np.array([0.7, 1.1, 1.2, 1.4]), 1e-3)
     assert record["l2"] < 0.7 and record["l2"] == pytest.approx(0.7)
@@ -272,7 +272,7 @@ def test_choose_threshold_warns_on_too_few_impostors():
 
 
 def test_open_embedder_errors(tmp_path):
-    from tools.model.backends import open_embedder
+    from edge_model.backends import open_embedder
 
     with pytest.raises(ModelError, match="no such model"):
         open_embedder(tmp_path / "nope")
@@ -284,7 +284,7 @@ def test_open_embedder_errors(tmp_path):
 
 
 def test_onnx_embedder_is_unit_norm_and_matches_opencv_preprocessing():
-    from tools.model.backends import open_embedder
+    from edge_model.backends import open_embedder
 
     onnx = _sface_onnx()
     embedder = open_embedder(onnx)
@@ -302,7 +302,7 @@ def test_onnx_embedder_is_unit_norm_and_matches_opencv_preprocessing():
 
 
 def test_eval_cli_on_tiny_lfw(tmp_path):
-    from tools.model.cli import main
+    from edge_model.cli import main
 
     onnx = _sface_onnx()
     root = tmp_path / "lfw"
@@ -327,7 +327,7 @@ def test_eval_cli_on_tiny_lfw(tmp_path):
 
 
 def test_eval_cli_bad_inputs(tmp_path):
-    from tools.model.cli import main
+    from edge_model.cli import main
 
     runner = CliRunner()
     result = runner.invoke(main, ["eval", str(tmp_path), "--protocol", "ytf", "--root", str(tmp_path)])
@@ -351,8 +351,8 @@ def make_people(root: Path) -> Path:
 
 
 def test_tune_people_writes_threshold_and_keeps_sha(tmp_path):
-    from tools.model.backends import OnnxEmbedder
-    from tools.model.tune import tune
+    from edge_model.backends import OnnxEmbedder
+    from edge_model.tune import tune
 
     onnx = _sface_onnx()
     bundle = tmp_path / "bundle"
@@ -374,7 +374,7 @@ def test_tune_people_writes_threshold_and_keeps_sha(tmp_path):
     assert stored["genuine_pairs"] == 3 and stored["impostor_pairs"] == 12 and stored["far"] == 1e-3
     assert any("rule of three" in w for w in stored["warnings"])
     # recompute by hand: 12 impostors at FAR 1e-3 allow none, so the threshold sits just below the closest
-    from tools.model.evaluate import FacePipeline, embed_images
+    from edge_model.evaluate import FacePipeline, embed_images
 
     paths, names = parse_people(people)
     emb = embed_images(paths, [embedder], FacePipeline(), progress=False).embeddings[0]
@@ -386,7 +386,7 @@ def test_tune_people_writes_threshold_and_keeps_sha(tmp_path):
 
 
 def test_tune_bad_inputs(tmp_path):
-    from tools.model.cli import main
+    from edge_model.cli import main
 
     runner = CliRunner()
     onnx = tmp_path / "m.onnx"
@@ -402,7 +402,7 @@ def test_tune_bad_inputs(tmp_path):
 @pytest.mark.parametrize("source", [INT8_BUNDLE, Path(__file__).parent / "fixtures" / "tiny-int8"],
                          ids=["sface-int8", "tiny-int8"])
 def test_tune_cli_on_tflite_bundle(tmp_path, source):
-    from tools.model.cli import main
+    from edge_model.cli import main
 
     if not (source / "manifest.json").is_file():
         pytest.skip(f"{source} not built yet")
@@ -449,7 +449,7 @@ STUDENT_BUNDLE = REPO / "models" / "student-int8"
 
 def _edge_model(*args) -> subprocess.CompletedProcess:
     """``edge-model ARGS`` as its own process, so the exit status is the one a shell or CI sees."""
-    return subprocess.run([sys.executable, "-m", "tools.model.cli", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "edge_model.cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -481,7 +481,7 @@ def test_model_tool_keeps_the_exit_status_of_a_tampered_or_missing_bundle(tmp_pa
 
 
 def test_a_folder_without_images_is_no_input(tmp_path):
-    from tools.model.cli import main
+    from edge_model.cli import main
 
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["crops", str(tmp_path / "empty"), "--cache-dir", str(tmp_path / "cache")])
@@ -493,7 +493,7 @@ def test_every_model_subcommand_goes_through_the_one_boundary():
     import click
 
     from edge.cli import boundary
-    from tools.model.cli import SUBCOMMANDS, main
+    from edge_model.cli import SUBCOMMANDS, main
 
     wrapper_code = boundary(lambda: None).__code__
     ctx = click.Context(main)

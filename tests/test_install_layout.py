@@ -57,3 +57,20 @@ def test_a_non_editable_install_finds_the_models_beside_its_venv(appliance, tmp_
     assert result.returncode == 0, result.stderr
     granted = [line for line in result.stdout.splitlines() if line.startswith("granted")]
     assert len(granted) == 2 and "Emmanuel Macron" in granted[0]
+
+
+def test_the_device_wheel_carries_the_runtime_and_not_the_model_tool(tmp_path):
+    """``pip install .`` (what install-pi.sh runs) must not put the model tool, or a package named ``tools``, on the door."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    import zipfile
+
+    (wheel,) = tmp_path.glob("edge_door-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert "edge" in top and any(name.startswith("edge/demo/") for name in names)
+    assert not top & {"tools", "edge_model"}, sorted(top)
+    entry_points = next(name for name in names if name.endswith("entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "edge = edge.cli:main" in scripts and "edge-model" not in scripts

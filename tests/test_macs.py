@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.model.macs import count_tflite, op_macs
+from edge_model.macs import count_tflite, op_macs
 
 
 def test_op_formulas_by_hand():

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn
 
-from tools.model.qat import (
+from edge_model.qat import (
     ActFakeQuant,
     WeightFakeQuant,
     calibrate,
@@ -16,7 +16,7 @@ from tools.model.qat import (
     prepare_qat,
     strip_qat,
 )
-from tools.model.student import (
+from edge_model.student import (
     InceptionBlock,
     Student,
     StudentConfig,
@@ -101,7 +101,7 @@ def test_simulated_int8_is_close_to_float_but_rounded():
 
 
 def test_qat_fine_tuning_trains_resumes_and_exports(tmp_path):
-    from tools.model.train_student import load_student, train
+    from edge_model.train_student import load_student, train
 
     crop_set, targets, labels, classes = _fixture_training_set()
     crops = crop_set.crops
@@ -140,7 +140,7 @@ def test_student_does_not_import_qat():
     import ast
     import inspect
 
-    from tools.model import student
+    from edge_model import student
 
     imported = set()
     for node in ast.walk(ast.parse(inspect.getsource(student))):

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from tools.model.student import (  # noqa: E402
+from edge_model.student import (  # noqa: E402
     INPUT_MEAN,
     INPUT_STD,
     Student,
@@ -73,14 +73,14 @@ def test_fold_batchnorm_is_exact():
 
 
 def _fixture_crops(size=112):
-    from tools.model.crops import build_crops
+    from edge_model.crops import build_crops
 
     return build_crops([FACES], size=size, cache_dir=None, progress=False)
 
 
 def _fixture_training_set():
     """The fixture faces' crops with random unit teacher targets (crop and mirror) and identity labels."""
-    from tools.model.train_student import label_classes
+    from edge_model.train_student import label_classes
 
     crop_set = _fixture_crops()
     targets = np.random.default_rng(0).normal(size=(len(crop_set.crops), 2, 128)).astype(np.float32)
@@ -89,7 +89,7 @@ def _fixture_training_set():
 
 
 def test_short_training_run_lowers_the_loss(tmp_path):
-    from tools.model.train_student import load_student, train
+    from edge_model.train_student import load_student, train
 
     crop_set, targets, labels, classes = _fixture_training_set()
     crops = crop_set.crops
@@ -110,7 +110,7 @@ def test_short_training_run_lowers_the_loss(tmp_path):
 
 
 def test_augmentation_keeps_range_and_size():
-    from tools.model.train_student import augment
+    from edge_model.train_student import augment
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, 112, 112) * 255
@@ -122,7 +122,7 @@ def test_augmentation_keeps_range_and_size():
 def test_teacher_interpreter_matches_opencv():
     pytest.importorskip("onnx")
     from edge.errors import ModelError
-    from tools.model.teacher import default_teacher_path, load_teacher, teacher_embeddings, teacher_embeddings_cv2
+    from edge_model.teacher import default_teacher_path, load_teacher, teacher_embeddings, teacher_embeddings_cv2
 
     try:
         path = default_teacher_path()
@@ -159,7 +159,7 @@ def test_export_convert_load_int8(tmp_path):
     pytest.importorskip("onnxsim")
     from edge.bundle import load_bundle
     from edge.embedder import TFLiteEmbedder
-    from tools.model.convert import convert
+    from edge_model.convert import convert
 
     torch.manual_seed(0)
     model = Student(StudentConfig(**TINY)).eval()
@@ -214,8 +214,8 @@ def test_caches_follow_content_not_mtimes(tmp_path):
     import os
     import shutil
 
-    from tools.model.crops import _cache_key, select_images
-    from tools.model.train_student import crop_key
+    from edge_model.crops import _cache_key, select_images
+    from edge_model.train_student import crop_key
 
     images = tmp_path / "faces"
     shutil.copytree(FACES, images)
@@ -241,7 +241,7 @@ def test_model_card_tool_writes_every_stage_from_the_json(tmp_path):
 
     from click.testing import CliRunner
 
-    from tools.model.student_card import main as card_main
+    from edge_model.student_card import main as card_main
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -321,7 +321,7 @@ def test_train_student_command_from_a_pack_with_its_own_architecture(tmp_path):
     """The CLI end to end on a pack: a chosen architecture, resume without repeating it, clear refusals."""
     from click.testing import CliRunner
 
-    from tools.model.train_student import command, load_student, save_pack
+    from edge_model.train_student import command, load_student, save_pack
 
     crop_set, targets, _, _ = _fixture_training_set()
     pack = tmp_path / "pack.npz"
@@ -345,7 +345,7 @@ def test_train_student_command_from_a_pack_with_its_own_architecture(tmp_path):
 
 
 def test_architecture_description_follows_the_config():
-    from tools.model.student import describe_architecture
+    from edge_model.student import describe_architecture
 
     lines = describe_architecture(StudentConfig(**TINY))
     assert lines == [
@@ -365,7 +365,7 @@ def test_architecture_description_follows_the_config():
 
 
 def test_mixup_blends_faces_and_asks_the_teacher_for_their_targets(tmp_path):
-    from tools.model.train_student import blend_faces, label_classes, train
+    from edge_model.train_student import blend_faces, label_classes, train
 
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -1,4 +1,4 @@
-"""YuNet as fixed-size TFLite (tools.model.yunet_tflite): the decoder agrees with cv2.FaceDetectorYN.
+"""YuNet as fixed-size TFLite (edge_model.yunet_tflite): the decoder agrees with cv2.FaceDetectorYN.
 
 The conversion needs tensorflow + onnx2tf (the ``build`` extra) and is skipped
 without them; calibration uses the committed replay frames, not the fixtures.
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.model.yunet_tflite import LORES_SIZE, lores_frame, pad_frame, padded_size
+from edge_model.yunet_tflite import LORES_SIZE, lores_frame, pad_frame, padded_size
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT / "tests" / "fixtures" / "faces"
@@ -32,7 +32,7 @@ def test_padded_size_matches_facedetectoryn():
 def converted(tmp_path_factory):
     pytest.importorskip("tensorflow")
     pytest.importorskip("onnx2tf")
-    from tools.model.yunet_tflite import convert_yunet
+    from edge_model.yunet_tflite import convert_yunet
 
     out = tmp_path_factory.mktemp("yunet-tflite")
     record = convert_yunet(ONNX, out, [ROOT / "edge" / "demo" / "replay"], calib_count=24, seed=0, progress=False)
@@ -40,7 +40,7 @@ def converted(tmp_path_factory):
 
 
 def _pairs(model_path: Path):
-    from tools.model.yunet_tflite import YuNetTFLiteDetector
+    from edge_model.yunet_tflite import YuNetTFLiteDetector
 
     ref = cv2.FaceDetectorYN.create(str(ONNX), "", LORES_SIZE, 0.8, 0.3, 50)
     det = YuNetTFLiteDetector(model_path, score_threshold=0.8, min_face_size=0)

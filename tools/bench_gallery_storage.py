@@ -23,7 +23,7 @@ from edge.bundle import load_bundle  # noqa: E402
 from edge.embedder import TFLiteEmbedder  # noqa: E402
 from edge.gallery import decode_embedding, encode_embedding  # noqa: E402
 from edge.matcher import l2_distances  # noqa: E402
-from tools.model.crops import build_crops  # noqa: E402
+from edge_model.crops import build_crops  # noqa: E402
 
 
 def best_accuracy(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:

@@ -1,14 +1,14 @@
-"""YuNet as TFLite (INT8 / FP32, :mod:`tools.model.yunet_tflite`) against the ONNX model in OpenCV.
+"""YuNet as TFLite (INT8 / FP32, :mod:`edge_model.yunet_tflite`) against the ONNX model in OpenCV.
 
 Usage (from the repo root, after converting with ``--convert`` once)::
 
-    python -m tools.model.yunet_compare --convert --json .cache/yunet-tflite/compare.json
+    python -m edge_model.yunet_compare --convert --json .cache/yunet-tflite/compare.json
 
 Frames (all 320x240 lores, as the detector sees them on the door):
 
 * ``train``: images from ``../shared/faces/train`` *not* in the calibration
   sample, placed in a black 320x240 frame at a random scale/position
-  (:func:`tools.model.yunet_tflite.lores_frame`);
+  (:func:`edge_model.yunet_tflite.lores_frame`);
 * ``replay``: ``edge/demo/replay/*.jpg`` (640x480 main) through the camera's own
   ``make_lores``;
 * ``fixtures``: ``tests/fixtures/faces`` centred at full fit.
@@ -40,8 +40,8 @@ from edge.camera.base import make_lores
 from edge.detect import YuNetDetector
 from edge.embedder import TFLiteEmbedder
 from edge.images import load_image
-from tools.model.crops import select_images
-from tools.model.yunet_tflite import LORES_SIZE, YuNetTFLiteDetector, lores_frame
+from edge_model.crops import select_images
+from edge_model.yunet_tflite import LORES_SIZE, YuNetTFLiteDetector, lores_frame
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "yunet-tflite"
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if args.convert:
-        from tools.model.yunet_tflite import convert_yunet
+        from edge_model.yunet_tflite import convert_yunet
 
         convert_yunet(ONNX, CACHE, [TRAIN], calib_count=200, seed=0, progress=False)
     candidates = {q: CACHE / f"yunet-{q}-320x256.tflite" for q in ("int8", "fp32")}

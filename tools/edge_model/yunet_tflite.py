@@ -6,7 +6,7 @@ run time, TFLite cannot), and its detector calibration resizes whole images to
 the model input instead of making lores-like frames.  This module adds only
 that: it rewrites the ONNX input to the lores size padded to a multiple of 32,
 builds calibration frames the way the camera makes lores frames, and then uses
-``tools.model.convert``'s own onnx2tf translation and TFLite quantiser.
+``edge_model.convert``'s own onnx2tf translation and TFLite quantiser.
 
 Input size: the lores stream is 320x240; YuNet's stride-32 head and its FPN
 upsampling need sides divisible by 32, so the model takes **320x256** and the
@@ -153,7 +153,7 @@ def convert_yunet(
     array = np.stack([pad_frame(f, (width, height)) for f in frames]).astype(np.float32)  # BGR 0..255 NHWC
     calib = Calibration(array, {
         "count": len(array), "seed": int(seed), "source": [str(r) for r in calib_roots],
-        "pipeline": f"tools.model.yunet_tflite.lores_frame ({size[0]}x{size[1]}, random scale/position) "
+        "pipeline": f"edge_model.yunet_tflite.lores_frame ({size[0]}x{size[1]}, random scale/position) "
                     f"-> zero pad bottom/right to {width}x{height}; BGR 0..255 float",
         "sha256": array_sha256(array),
     })

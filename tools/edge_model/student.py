@@ -265,12 +265,12 @@ def export_onnx(model: Student, path, opset: int = 13) -> None:
     """BatchNorm-folded student -> ONNX, static 1x3xSxS input ``input``, output ``embedding``.
 
     Takes the plain network only.  A QAT one is exported without its simulated rounding (the
-    converter's PTQ rounds it the same way): :func:`tools.model.qat.strip_qat` it first.  This
-    module never imports :mod:`tools.model.qat`, which builds on it: no import cycle.
+    converter's PTQ rounds it the same way): :func:`edge_model.qat.strip_qat` it first.  This
+    module never imports :mod:`edge_model.qat`, which builds on it: no import cycle.
     """
     if getattr(model, "qat", False):
         raise ValueError("export_onnx takes the plain network: strip the simulated rounding first "
-                         "(tools.model.qat.strip_qat)")
+                         "(edge_model.qat.strip_qat)")
     folded = fold_batchnorm(model)
     size = model.config.input_size
     dummy = torch.zeros(1, 3, size, size)

@@ -3,7 +3,7 @@
 Pipeline (reproducible from ``--seed`` unless ``--max-minutes`` cuts a run short):
 
 1. crops: every image under ROOTS through the project's detector and aligner
-   (:func:`tools.model.crops.build_crops`, cached) - never the evaluation sets;
+   (:func:`edge_model.crops.build_crops`, cached) - never the evaluation sets;
 2. teacher targets: the float teacher's L2-normalised embeddings of each crop
    and of its mirror, cached next to the crops;
 3. training: door-camera augmentation on the student's view (shift, scale,
@@ -563,7 +563,7 @@ def train(
 ) -> tuple[Student, list[dict]]:
     """Distil into a fresh (or resumed) student; returns it and the per-epoch history.
 
-    ``qat``: fine-tune the (``init``) student with INT8 rounding simulated (:mod:`tools.model.qat`);
+    ``qat``: fine-tune the (``init``) student with INT8 rounding simulated (:mod:`edge_model.qat`);
     the held-out cosine is then the simulated INT8 network's.
     ``mixup``: that fraction of each batch becomes pixel blends of two of its faces, whose targets
     ``teacher`` (RGB 0..255 NCHW -> embedding) computes on the fly; they carry no identity label.

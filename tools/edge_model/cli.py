@@ -13,14 +13,14 @@ import logging
 import click
 
 SUBCOMMANDS = {
-    "crops": "tools.model.crops",
-    "convert": "tools.model.convert",
-    "eval": "tools.model.evaluate",
-    "tune": "tools.model.tune",
-    "bench": "tools.model.bench",
-    "macs": "tools.model.macs",
-    "check-arm": "tools.model.check_arm",
-    "train-student": "tools.model.train_student",
+    "crops": "edge_model.crops",
+    "convert": "edge_model.convert",
+    "eval": "edge_model.evaluate",
+    "tune": "edge_model.tune",
+    "bench": "edge_model.bench",
+    "macs": "edge_model.macs",
+    "check-arm": "edge_model.check_arm",
+    "train-student": "edge_model.train_student",
 }
 
 
@@ -35,7 +35,7 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("tools.model"):
+            if exc.name and exc.name.startswith("edge_model"):
                 return None
             raise click.ClickException(
                 f"'{name}' needs {exc.name}, which is in the build extra: pip install -e '.[build]'"

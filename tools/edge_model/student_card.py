@@ -4,7 +4,7 @@ Every figure in the card is read from the JSON files given here (``edge-model
 eval --json`` and ``edge-model bench --json`` output), never typed by hand;
 ``tests/test_student.py`` checks the card against ``eval.json``.
 
-    python -m tools.model.student_card models/student-int8 \\
+    python -m edge_model.student_card models/student-int8 \\
         --eval cfp-ff=build/eval/cfp-ff-int8.json --eval cfp-ff=build/eval/cfp-ff-fp32.json \\
         --eval cfp-fp=build/eval/cfp-fp-int8.json --eval cfp-fp=build/eval/cfp-fp-fp32.json \\
         --bench build/eval/bench.json \\
@@ -114,9 +114,9 @@ def _header_lines(manifest: dict, macs: int, params: int, student_latency: dict 
         f"(x - {manifest['input']['mean'][0]}) / {manifest['input']['std'][0]}, tensor dtype int8; "
         "aligned 112x112 crops (edge.align)",
         "- Output: 128-D embedding, L2-normalised by the runtime (edge.embedder), as for the SFace bundle",
-        f"- Cost: {macs / 1e6:.2f}M multiply-adds per face (tools.model.student.count_macs on the float graph), "
+        f"- Cost: {macs / 1e6:.2f}M multiply-adds per face (edge_model.student.count_macs on the float graph), "
         f"{params:,} parameters"
-        + (f"; the TFLite counter (tools.model.macs) reads {s['macs'] / 1e6:.2f}M MACs, {s['params']:,} parameters"
+        + (f"; the TFLite counter (edge_model.macs) reads {s['macs'] / 1e6:.2f}M MACs, {s['params']:,} parameters"
            if s else ""),
         "- Quantisation: " + manifest["quantisation"]["description"],
         f"- Conversion check: cosine to the float model over {manifest['verification']['n']} calibration crops: "
@@ -126,13 +126,13 @@ def _header_lines(manifest: dict, macs: int, params: int, student_latency: dict 
 
 
 def _architecture_lines(config) -> list[str]:
-    """The network as built from ``config`` (tools.model.student.describe_architecture), and what a block is."""
+    """The network as built from ``config`` (edge_model.student.describe_architecture), and what a block is."""
     from .student import StudentConfig, describe_architecture
 
     return [
         "## Architecture",
         "",
-        "Tiny Inception-style network (tools/model/student.py, "
+        "Tiny Inception-style network (tools/edge_model/student.py, "
         + ("`StudentConfig()` defaults" if config == StudentConfig() else f"`StudentConfig(**{config.to_dict()})`")
         + "), ReLU6 everywhere, BatchNorm folded into the convolutions for export:",
         "",
@@ -312,7 +312,7 @@ def model_card(manifest: dict, results: dict, lat: dict, config, macs: int, para
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The training checkpoint: architecture, MACs and parameters are read from it "
                    "(default: the StudentConfig() defaults).")
-@click.option("--macs", type=int, help="Student MACs (default: tools.model.student.count_macs of the architecture).")
+@click.option("--macs", type=int, help="Student MACs (default: edge_model.student.count_macs of the architecture).")
 @click.option("--params", type=int, help="Student parameters (default: counted likewise).")
 @click.option("--device-note", "device_notes", multiple=True, help="Where each stage ran.")
 @click.option("--note", "notes", multiple=True, help="A remark on the training (no figures: those come from JSON).")

@@ -8,7 +8,7 @@ crop, exactly as enrollment and recognition call it.  The tensor the
 interpreter returns is captured on its way into ``_dequantise``, so the raw
 (int8) output and the final embedding come from the same call.
 
-    python tools/model/arm_worker.py BUNDLE CROPS.npy RUNTIME THREADS OUT.npz
+    python tools/edge_model/arm_worker.py BUNDLE CROPS.npy RUNTIME THREADS OUT.npz
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ of Transposes).  Quantisation is done here with ``tf.lite.TFLiteConverter`` and
 a ``representative_dataset`` fed from *our* calibration array, because:
 
 * the calibration crops come from the device's own detector + aligner
-  (:func:`tools.model.crops.build_crops`) and the device's own
+  (:func:`edge_model.crops.build_crops`) and the device's own
   :func:`edge.embedder.preprocess`, so the INT8 ranges match what the door sees;
 * onnx2tf's built-in INT8 path wants a normalisation mean/std and, without a
   custom array, downloads a sample calibration file from the internet; this
@@ -284,7 +284,7 @@ def build_calibration(
         "seed": int(seed),
         "source": [_display_path(r) for r in roots],
         "pipeline": (
-            "tools.model.crops.build_crops (YuNet models/yunet + edge.align) -> edge.embedder.preprocess"
+            "edge_model.crops.build_crops (YuNet models/yunet + edge.align) -> edge.embedder.preprocess"
             if kind == "embedder" else "whole image resized (INTER_AREA) -> (x - mean) / std"
         ),
         "array_shape": list(array.shape),

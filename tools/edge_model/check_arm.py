@@ -11,7 +11,7 @@ How it works
   opencv-python-headless) are installed on the x86 host with ``pip install
   --platform manylinux_2_X_aarch64 --only-binary=:all: --target DIR``.
 * Each check starts ``qemu-aarch64-static -L PREFIX ROOT/usr/bin/python3.11
-  tools/model/arm_worker.py ...``.  qemu-user (7.2, Debian 12) resolves every
+  tools/edge_model/arm_worker.py ...``.  qemu-user (7.2, Debian 12) resolves every
   absolute path the guest opens inside the ``-L`` prefix first, falling back to
   the host; it does *not* fake ``/proc/cpuinfo`` for aarch64.  So the prefix
   for a CPU profile holds ``usr``/``lib``/``etc`` (links into the root) and a
@@ -406,7 +406,7 @@ def rule_for(runtime: str, int8_tolerance: int | None, min_cosine: float | None)
 
 
 def load_faces(faces: Path, limit: int | None, size: int) -> np.ndarray:
-    from tools.model.crops import build_crops
+    from edge_model.crops import build_crops
 
     crop_set = build_crops([faces], size=size, limit=limit, cache_dir=REPO / ".cache" / "crops", progress=False)
     if len(crop_set.crops) == 0:

@@ -1,13 +1,13 @@
 """``edge-model tune``: choose a bundle's L2 match threshold for a target false-accept rate.
 
-Distances come from the full device pipeline (see :mod:`tools.model.evaluate`)
+Distances come from the full device pipeline (see :mod:`edge_model.evaluate`)
 over labelled faces: a folder per person of the operator's own people (every
 pair within a person is genuine, every pair across people an impostor), an
 LFW-style pairs file, or a CFP protocol.
 
 Rule: the **largest** L2 threshold whose impostor acceptance rate on these
 pairs is at most the target FAR (accept when ``L2 <= threshold``); see
-:func:`tools.model.metrics.threshold_at_far`.  It gives the most genuine
+:func:`edge_model.metrics.threshold_at_far`.  It gives the most genuine
 accepts the FAR allows on this sample and no more impostor accepts than it.
 
 Too few impostors: with zero false accepts in n impostor pairs the 95 % upper
@@ -36,11 +36,11 @@ from edge.cli import boundary
 from edge.embedder import Embedder
 from edge.errors import ModelError
 from edge.matcher import l2_distances
-from tools.model import metrics
-from tools.model.backends import open_embedder
-from tools.model.crops import DEFAULT_DETECTOR
-from tools.model.evaluate import FacePipeline, embed_images
-from tools.model.protocols import (
+from edge_model import metrics
+from edge_model.backends import open_embedder
+from edge_model.crops import DEFAULT_DETECTOR
+from edge_model.evaluate import FacePipeline, embed_images
+from edge_model.protocols import (
     PROTOCOLS,
     PairsProtocolError,
     load_protocol,

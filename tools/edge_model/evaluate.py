@@ -2,14 +2,14 @@
 
 Every unique image of the protocol goes through exactly what the door runs:
 ``load_image`` -> YuNet (``models/yunet``) -> largest face -> ``align_face`` ->
-embedder (small images are upsampled first, as :func:`tools.model.crops.crop_largest_face`
+embedder (small images are upsampled first, as :func:`edge_model.crops.crop_largest_face`
 does).  Embeddings are cached per image in memory, so an image named by many
 pairs, or scored by two models, is detected and aligned once.
 
 Detection failures: a pair where either image has no usable face cannot be
 scored.  It stays in every denominator; in the 10-fold accuracy it counts as
 **wrong**, in TAR/FAR it counts as **rejected** (a door that finds no face
-stays shut); see :mod:`tools.model.metrics`.  The report gives their number
+stays shut); see :mod:`edge_model.metrics`.  The report gives their number
 and also the accuracy over scorable pairs only.
 """
 
@@ -33,10 +33,10 @@ from edge.detect import YuNetDetector
 from edge.embedder import Embedder
 from edge.errors import EdgeError
 from edge.images import load_image
-from tools.model import metrics
-from tools.model.backends import describe, open_embedder
-from tools.model.crops import DEFAULT_DETECTOR, crop_largest_face
-from tools.model.protocols import PROTOCOLS, Pair, load_protocol
+from edge_model import metrics
+from edge_model.backends import describe, open_embedder
+from edge_model.crops import DEFAULT_DETECTOR, crop_largest_face
+from edge_model.protocols import PROTOCOLS, Pair, load_protocol
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def evaluate(models: Sequence[Path], protocol: str, root: Path, pairs_file: Path
         "folds": len(set(folds.tolist())),
         "images": len(cache.paths),
         "pipeline": {**pipeline.settings, "aligner": "edge.align.align_face (5-point similarity, 112 template)",
-                     "upsample_below": "shorter side < 200 px (tools.model.crops)", "largest_face": True},
+                     "upsample_below": "shorter side < 200 px (edge_model.crops)", "largest_face": True},
         "detection": {
             "failed_images": len(cache.failures),
             "failed_pairs": failed_pairs,

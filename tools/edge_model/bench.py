@@ -3,7 +3,7 @@
 Times ``interpreter.invoke()`` alone (input already set) after warm-up runs,
 with each installed runtime (ai-edge-litert, tflite-runtime), through the
 same :func:`edge.runtime.load_interpreter` the device uses (XNNPACK on).
-Also reports file size, MACs and parameters (:mod:`tools.model.macs`).
+Also reports file size, MACs and parameters (:mod:`edge_model.macs`).
 """
 
 from __future__ import annotations
