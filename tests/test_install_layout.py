@@ -61,8 +61,12 @@ def test_a_non_editable_install_finds_the_models_beside_its_venv(appliance, tmp_
 
 def test_the_device_wheel_carries_the_runtime_and_not_the_model_tool(tmp_path):
     """``pip install .`` (what install-pi.sh runs) must not put the model tool, or a package named ``tools``, on the door."""
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the pyproject it builds.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".cache", "build", "*.egg-info",
+                                                                "__pycache__", "models", "tests"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     import zipfile
 
