@@ -18,7 +18,7 @@ from .bundle import load_bundle
 from .checks import build_checks
 from .camera import FrameSource, open_source
 from .config import DEMO_DIR, Config
-from .decide import Decider
+from .decide import AttackAlarm, Decider
 from .detect import Detector
 from .embedder import Embedder
 from .errors import ConfigError, GalleryError, ModelError
@@ -147,6 +147,7 @@ class Recognizer:
             )
         d = config.decision
         self.decider = Decider(d.frames_required, d.window_frames, d.window_seconds, d.cooldown_seconds, self.embedder.model_id)
+        self.alarm = AttackAlarm(config.liveness.alert_attacks, config.liveness.alert_window_seconds)
         self.source = source if source is not None else open_source(config)
         log.info(
             "recognizer ready to start: detector %s, embedder %s (%s, %d threads), threshold %.3f, %d people",
@@ -173,7 +174,11 @@ class Recognizer:
             self.confirm_matcher.threshold = confirm
             self.confirm_matcher.margin = d.margin
         self.decider.reconfigure(d.frames_required, d.window_frames, d.window_seconds, d.cooldown_seconds)
-        self.config = dataclasses.replace(self.config, decision=config.decision)
+        for check in self.checks:
+            if hasattr(check, "reload"):
+                check.reload(config)
+        self.alarm.count, self.alarm.window_seconds = config.liveness.alert_attacks, config.liveness.alert_window_seconds
+        self.config = dataclasses.replace(self.config, decision=config.decision, liveness=config.liveness)
 
     def close(self) -> None:
         self.gallery.close()
@@ -212,6 +217,8 @@ class Recognizer:
                                                [verdict for _, verdict in result.refused])
                 if decision is not None and decision.outcome is Outcome.GRANTED and self.confirmer is not None:
                     decision = self._confirm(decision, result)
+                if decision is not None and decision.outcome is Outcome.SPOOF:
+                    decision = dataclasses.replace(decision, alert=self.alarm.observe(decision.timestamp))
                 if on_frame is not None:
                     on_frame(result, stats)
                 if decision is not None:
@@ -250,9 +257,11 @@ class Recognizer:
         try:
             if decision.outcome is Outcome.GRANTED:
                 self.gallery.touch_seen(decision.person_id)
+            detail = ({"check": decision.check, "reason": decision.reason, "score": decision.score,
+                       "alert": decision.alert} if decision.check else None)
             self.gallery.log_event(
                 decision.outcome.value, name=decision.name, person_id=decision.person_id,
-                distance=decision.distance, frames=decision.frames, model_id=decision.model,
+                distance=decision.distance, frames=decision.frames, model_id=decision.model, detail=detail,
             )
         except GalleryError as exc:
             log.error("decision not written to the audit table: %s", exc)

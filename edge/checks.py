@@ -14,12 +14,15 @@ A check is built once at start-up with :meth:`FaceCheck.from_config`.
 from __future__ import annotations
 
 import abc
+import logging
 from typing import Sequence
 
 from .registry import Registry
 from .types import Face, Frame, Verdict
 
-CHECKS = Registry("face check", "edge.checks", {})
+log = logging.getLogger(__name__)
+
+CHECKS = Registry("face check", "edge.checks", {"liveness": "edge.checks:LivenessCheck"})
 
 
 class FaceCheck(abc.ABC):
@@ -40,3 +43,56 @@ def check_names(config) -> list[str]:
 
 def build_checks(config) -> list[FaceCheck]:
     return [CHECKS.load(name).from_config(config) for name in check_names(config)]
+
+
+def liveness_bundle_paths(config) -> list:
+    return [config.model_path(name.strip()) for name in config.liveness.models.split(",") if name.strip()]
+
+
+class LivenessCheck(FaceCheck):
+    """Passive presentation-attack detection: a printed photo or a phone screen is turned down before the match.
+
+    The models (:mod:`edge.liveness`) look at the face box scaled out to include its surroundings (paper edges,
+    bezels, moire, glare); their real-face probabilities are averaged and compared with
+    ``liveness.threshold``.  Built once at start-up; a missing or tampered bundle stops the start (fail closed).
+    """
+
+    name = "liveness"
+
+    def __init__(self, ensemble, threshold: float) -> None:
+        self.ensemble = ensemble
+        self.threshold = threshold
+
+    @classmethod
+    def from_config(cls, config) -> "LivenessCheck":
+        from .errors import ConfigError
+        from .liveness import load_liveness
+
+        paths = liveness_bundle_paths(config)
+        if not paths:
+            raise ConfigError("decision.face_checks names liveness but liveness.models is empty")
+        check = cls(load_liveness(paths, threads=config.liveness.threads), config.liveness.threshold)
+        log.info("liveness check: %s, threshold %.3f%s", ", ".join(m.name for m in check.ensemble.models),
+                 check.threshold, f" (measured: {config.liveness.measured})" if config.liveness.measured else "")
+        return check
+
+    def reload(self, config) -> None:
+        self.threshold = config.liveness.threshold
+
+    def scores(self, frame: Frame, faces: Sequence[Face]):
+        return self.ensemble.scores(frame.main, [face.box for face in faces])
+
+    def check(self, frame: Frame, faces: Sequence[Face]) -> list[Verdict]:
+        if not faces:
+            return []
+        verdicts = []
+        for score in self.scores(frame, faces):
+            score = float(score)
+            if score >= self.threshold:
+                verdicts.append(Verdict(self.name, True, score))
+            else:
+                verdicts.append(Verdict(
+                    self.name, False, score, attack=True,
+                    reason=f"presentation attack (a photo or a screen, not a live face): "
+                           f"real-face score {score:.3f} < {self.threshold:.3f}"))
+        return verdicts

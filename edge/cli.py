@@ -71,6 +71,8 @@ LAZY_COMMANDS = {
     "serve": "edge.service.recognizer_service:command",
     "door": "edge.service.actuator:command",
     "enroll": "edge.enrollment.cli:command",
+    "liveness": "edge.liveness_cli:liveness",
+    "liveness-tune": "edge.liveness_cli:tune",
 }
 
 
@@ -112,7 +114,7 @@ def run(config_path, max_frames, as_json):
     and exits at the end of the replay.
     """
     from .app import Recognizer
-    from .service.events import decision_event
+    from .service.events import decision_events
     from .service.sinks import build_sinks
 
     config = _load(config_path)
@@ -128,16 +130,18 @@ def run(config_path, max_frames, as_json):
         signal.signal(sig, lambda *_: stop.set())
 
     def on_decision(decision):
-        if sinks:
-            payload = decision_event(decision).as_dict()
+        for event in decision_events(decision) if sinks else ():
             for sink in sinks:
-                sink.submit(payload)
+                sink.submit(event.as_dict())
         if as_json:
+            checked = {}
+            if decision.check:
+                checked = {"check": decision.check, "reason": decision.reason, "score": decision.score,
+                           "alert": decision.alert}
             click.echo(json.dumps({
                 "outcome": decision.outcome.value, "name": decision.name, "distance": decision.distance,
                 "frames": decision.frames, "window": decision.window, "frame": decision.frame_index,
-                "model": decision.model, "since_start_s": round(time.monotonic() - started, 3),
-                **({"check": decision.check, "reason": decision.reason} if decision.check else {}),
+                "model": decision.model, "since_start_s": round(time.monotonic() - started, 3), **checked,
             }))
         else:
             click.echo(decision.describe())

@@ -9,8 +9,10 @@ lock must not fall back to a default nobody chose.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 import sys
 import tomllib
 import typing
@@ -99,8 +101,26 @@ class DecisionConfig:
     confirm_threshold: float = _field(
         0.0, lo=0.0, hi=2.0, doc="two-stage: L2 threshold of the confirming model; 0 uses its manifest's tuned value"
     )
-    face_checks: str = _field("", doc="comma-separated face checks (edge.checks registry) run before embedding; "
-                                      "a face one turns down never counts towards a grant; empty: none")
+    face_checks: str = _field("", doc="comma-separated face checks (edge.checks registry) run before "
+                                              "embedding; a face one turns down never counts towards a grant; "
+                                              "empty: none (a photo or a phone screen can then open the door)")
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    """The ``liveness`` face check: passive presentation-attack detection (MiniFASNet) before the match."""
+
+    models: str = _field("minifasnet-v2-int8,minifasnet-v1se-int8",
+                         doc="comma-separated liveness bundles (names under models_dir or paths); their real-face "
+                             "probabilities are averaged")
+    threshold: float = _field(0.5, lo=0.0, hi=1.0,
+                              doc="a face whose averaged real-face probability is below this is a presentation "
+                                  "attack; tune it on this door's camera with edge liveness-tune")
+    threads: int = _field(1, lo=1, hi=16, doc="XNNPACK threads of each liveness model")
+    measured: str = _field("", doc="what the threshold was measured on (written by edge liveness-tune report --write)")
+    alert_attacks: int = _field(3, lo=1, hi=1000, doc="this many spoof decisions within alert_window_seconds raise "
+                                                      "a spoof_alert event")
+    alert_window_seconds: float = _field(300.0, lo=1.0, hi=86400.0)
 
 
 @dataclass(frozen=True)
@@ -214,6 +234,7 @@ class Config:
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -401,3 +422,61 @@ def to_toml(config: Config) -> str:
 
     emit(config, "")
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string with ASCII escapes is a valid TOML basic string
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return repr(value)
+    raise ConfigError(f"cannot write {shown(value)} into a config file")
+
+
+def update_config_file(path: str | Path, section: str, values: dict[str, Any]) -> Config:
+    """Set ``[section] key = value`` in a config file, keeping every other line and comment as it is.
+
+    The edited text is validated like any config before it replaces the file (atomically, same mode):
+    a value the config would refuse never reaches the disk.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    header = re.compile(r"^\s*\[\s*" + re.escape(section) + r"\s*\]\s*(#.*)?$")
+    any_header = re.compile(r"^\s*\[")
+    start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+    if start is None:
+        if lines and lines[-1].strip():
+            lines.append("")
+        lines.append(f"[{section}]")
+        start = len(lines) - 1
+    end = next((i for i in range(start + 1, len(lines)) if any_header.match(lines[i])), len(lines))
+    for key, value in values.items():
+        assignment = f"{key} = {_toml_value(value)}"
+        pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+        found = next((i for i in range(start + 1, end) if pattern.match(lines[i])), None)
+        if found is None:
+            lines.insert(start + 1, assignment)
+            end += 1
+        else:
+            lines[found] = assignment
+    text = "\n".join(lines) + "\n"
+    try:
+        config = config_from_dict(tomllib.loads(text), str(path))
+    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        raise ConfigError(f"{path}: the updated config would not load ({exc}); the file was not changed") from exc
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"config file {path} cannot be written: {exc}") from exc
+    return config

@@ -3,7 +3,10 @@
 One good frame never opens the door; k accepted frames of the same person
 within the last n frames (and ``window_seconds``) do, once per cooldown.
 Faces that keep failing to match become one UNKNOWN decision per visit, and
-an empty scene after a visit becomes one NO_FACE decision.
+an empty scene after a visit becomes one NO_FACE decision.  Faces a face check
+judged a presentation attack never vote, block any grant while they are in the
+window (a photo that scores "live" in a lucky frame or two does not open the
+door beside the frames where it was caught), and become one SPOOF decision.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class _Observation:
     distance: float | None
     has_face: bool
     refusal: Verdict | None = None  # no face accepted and a face check turned one down
+    attack: bool = False  # a face in this frame was judged a presentation attack
 
 
 class Decider:
@@ -65,6 +69,7 @@ class Decider:
         """``refusals``: verdicts of faces a face check turned down in this frame (never matched)."""
         best = self._best(matches)
         accepted = best is not None and best.accepted
+        attacks = [v for v in refusals if v.attack]
         observation = _Observation(
             timestamp=timestamp,
             frame_index=frame_index,
@@ -72,7 +77,8 @@ class Decider:
             name=best.name if accepted else None,
             distance=None if best is None or best.distance == float("inf") else best.distance,
             has_face=best is not None or bool(refusals),
-            refusal=refusals[0] if refusals and not accepted else None,
+            refusal=(attacks or list(refusals))[0] if refusals and not accepted else None,
+            attack=bool(attacks),
         )
         self._history.append(observation)
         while self._history and timestamp - self._history[0].timestamp > self.window_seconds:
@@ -92,7 +98,7 @@ class Decider:
 
         if observation.person_id is not None:
             votes = [o for o in recent if o.person_id == observation.person_id]
-            if len(votes) >= self.k:
+            if len(votes) >= self.k and not any(o.attack for o in recent):
                 last = self._last_grant.get(observation.person_id)
                 if last is not None and timestamp - last < self.cooldown_seconds:
                     return None
@@ -108,11 +114,13 @@ class Decider:
 
         refused = [o for o in recent if o.refusal is not None]
         if len(refused) >= self.k and not self._unknown_reported:
-            # An attack is worth more than "unknown": it is this visit's one decision.
+            # A refusal (an attack above all) is worth more than "unknown": it is this visit's one decision.
             self._unknown_reported = True
-            verdict = refused[-1].refusal
-            return Decision(Outcome.REFUSED, timestamp, frame_index, frames=len(refused), window=len(recent),
-                            model=self.model_id, check=verdict.check, reason=verdict.reason)
+            attacks = [o for o in refused if o.refusal.attack]
+            verdict = (attacks or refused)[-1].refusal
+            return Decision(Outcome.SPOOF if attacks else Outcome.REFUSED, timestamp, frame_index,
+                            frames=len(attacks or refused), window=len(recent), model=self.model_id,
+                            check=verdict.check, reason=verdict.reason, score=verdict.score)
         rejected = [o for o in recent if o.has_face and o.person_id is None and o.refusal is None]
         if len(rejected) >= self.k and not self._unknown_reported:
             self._unknown_reported = True
@@ -122,3 +130,26 @@ class Decider:
                 frames=len(rejected), window=len(recent), model=self.model_id,
             )
         return None
+
+
+class AttackAlarm:
+    """Repeated presentation attacks: ``count`` SPOOF decisions within ``window_seconds`` raise an alert.
+
+    One attack is someone trying a photo once; several in a few minutes are someone working at the door.
+    After an alert the count starts again, so a sustained attempt alerts once per ``count`` attacks.
+    """
+
+    def __init__(self, count: int = 3, window_seconds: float = 300.0) -> None:
+        self.count = count
+        self.window_seconds = window_seconds
+        self._times: collections.deque[float] = collections.deque()
+
+    def observe(self, timestamp: float) -> bool:
+        """Record one attack; True when it completes ``count`` attacks within the window."""
+        self._times.append(timestamp)
+        while self._times and timestamp - self._times[0] > self.window_seconds:
+            self._times.popleft()
+        if len(self._times) >= self.count:
+            self._times.clear()
+            return True
+        return False

@@ -96,3 +96,9 @@ class PersonNotFoundError(GalleryError):
     """No enrolled person has that name."""
 
     exit_code = 67  # EX_NOUSER
+
+
+class TuningError(EdgeError):
+    """A liveness recording or report that cannot be made (no real faces recorded, an unreadable session file)."""
+
+    exit_code = 65  # EX_DATAERR

@@ -71,19 +71,25 @@ class Match:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A face check's answer for one face (see :mod:`edge.checks`)."""
+    """A face check's answer for one face (see :mod:`edge.checks`).
+
+    ``attack``: the face was turned down as a presentation attack (a photo, a screen), not merely as
+    unusable; such a face becomes a SPOOF decision and blocks any grant in the frames around it.
+    """
 
     check: str
     passed: bool
     score: float | None = None
     reason: str = ""
+    attack: bool = False
 
 
 class Outcome(str, enum.Enum):
     GRANTED = "granted"
     UNKNOWN = "unknown"
     NO_FACE = "no_face"
-    REFUSED = "refused"  # faces turned down by a face check (e.g. a presentation attack)
+    REFUSED = "refused"  # faces turned down by a face check
+    SPOOF = "spoof"  # faces a face check judged a presentation attack (a photo or a screen)
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,10 @@ class Decision:
     frames: int = 0
     window: int = 0
     model: str = ""
-    check: str | None = None  # REFUSED: the face check that turned the faces down, and why
+    check: str | None = None  # REFUSED/SPOOF: the face check that turned the faces down, and why
     reason: str = ""
+    score: float | None = None  # REFUSED/SPOOF: the check's score for the last refused face
+    alert: bool = False  # SPOOF: one of several attacks within the alert window (edge.decide.AttackAlarm)
 
     def describe(self) -> str:
         """One human line, as printed by ``edge run`` and written to the journal."""
@@ -112,7 +120,9 @@ class Decision:
         if self.outcome is Outcome.UNKNOWN:
             dist = "" if self.distance is None else f" distance={self.distance:.3f}"
             return f"unknown{dist} frames={self.frames}/{self.window} frame={self.frame_index}"
-        if self.outcome is Outcome.REFUSED:
-            return (f"refused check={self.check} reason={self.reason!r} "
-                    f"frames={self.frames}/{self.window} frame={self.frame_index}")
+        if self.outcome in (Outcome.REFUSED, Outcome.SPOOF):
+            score = "" if self.score is None else f" score={self.score:.3f}"
+            alert = " alert" if self.alert else ""
+            return (f"{self.outcome.value} check={self.check}{score} reason={self.reason!r} "
+                    f"frames={self.frames}/{self.window} frame={self.frame_index}{alert}")
         return f"no_face frames={self.frames}/{self.window} frame={self.frame_index}"

@@ -72,7 +72,7 @@ def test_refused_faces_become_one_refused_decision_per_visit():
     refused = [o for o in out if o is not None]
     assert len(refused) == 1 and refused[0].outcome is Outcome.REFUSED
     assert refused[0].check == "liveness" and refused[0].reason == "screen" and refused[0].frames == 3
-    assert "refused check=liveness reason='screen' frames=3/3" in refused[0].describe()
+    assert "refused check=liveness score=0.020 reason='screen' frames=3/3" in refused[0].describe()
     event = decision_event(refused[0]).as_dict()
     assert event["event_type"] == "refused" and event["check"] == "liveness" and event["reason"] == "screen"
 
@@ -112,8 +112,8 @@ def test_a_check_that_passes_everyone_changes_nothing(tmp_path):
 
 
 def test_face_checks_are_chosen_by_name(monkeypatch):
-    with pytest.raises(ConfigError, match="decision.face_checks: 'liveness' not registered"):
-        config_from_dict({"decision": {"face_checks": "liveness"}})
+    with pytest.raises(ConfigError, match="decision.face_checks: .no-such-check. not registered"):
+        config_from_dict({"decision": {"face_checks": "no-such-check"}})
     monkeypatch.setitem(CHECKS._builtin, "everyone", f"{__name__}:Everyone")
     config = config_from_dict({"decision": {"face_checks": "everyone, "}})
     assert [type(c) for c in build_checks(config)] == [Everyone]

@@ -31,6 +31,14 @@ from .quality import Metrics, Reason, SessionGuard, Thresholds, assess
 log = logging.getLogger(__name__)
 
 
+def refusal_reason(verdict) -> Reason:
+    """What the person at the door is told when a face check turned their face down."""
+    if verdict.attack:
+        return Reason("spoof", "that looks like a photo or a screen, not a live face: take the photo or phone "
+                               "away and look at the camera yourself")
+    return Reason("refused", f"the {verdict.check} check turned the face down ({verdict.reason or 'no reason'})")
+
+
 @dataclass(frozen=True)
 class Sample:
     embedding: np.ndarray
@@ -81,9 +89,7 @@ class LiveEnrollment:
         single = len(faces) == 1 and len(crops) == 1
         assessment = assess(image, faces, self.t, live=True, crop_size=self.embedder.input_size,
                             crop=crops[0] if single else None)
-        reasons = [Reason("refused", f"the {verdict.check} check turned the face down ({verdict.reason or 'no reason'}): "
-                                     "enroll in person, not from a photo or a screen")
-                   for _, verdict in refused[:1]] + assessment.reasons
+        reasons = [refusal_reason(verdict) for _, verdict in refused[:1]] + assessment.reasons
         if assessment.ok and not refused:
             if now - self._last_accept < self.min_interval:
                 return []  # a good frame, but too soon after the last sample to be a different one

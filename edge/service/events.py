@@ -45,6 +45,8 @@ _KINDS = (
     EventKind("unknown", "358a4b5c4e964810a5a08f26863c6c04", home_assistant=True),
     EventKind("no_face", "8e2db556260e4e08bf57c5b33d8c1371", DEBUG),
     EventKind("refused", "1a6bd845974b48f99bb4e20cc9ebfa00", WARNING, home_assistant=True),
+    EventKind("spoof", "5d0f3c8e2a7b4e61b9d4c2a18f6e7b30", WARNING, home_assistant=True),
+    EventKind("spoof_alert", "c7e2a9146b3d4f58a01e9d7c3b5f8a62", ALERT, home_assistant=True),
     EventKind("unlock", "7bdae0cf5e504653a3f87376e74a0983", NOTICE, home_assistant=True),
     EventKind("unlock_refused", "2f346f6e6b804cc5a75a335d4560d234", WARNING, home_assistant=True),
     EventKind("unlock_failed", "c2505004fcb64cf1849aa7de4b9bb8a2", ERR, home_assistant=True),
@@ -189,9 +191,28 @@ class EventBus:
 
 def decision_event(decision) -> Event:
     """A :class:`edge.types.Decision` as an event (kind = the outcome)."""
+    checked = {}
+    if decision.check:
+        checked = {"check": decision.check, "reason": decision.reason}
+        if decision.score is not None:
+            checked["score"] = round(decision.score, 4)
+        if decision.alert:
+            checked["alert"] = True
     return Event(
         kind=decision.outcome.value, message=decision.describe(), person=decision.name, person_id=decision.person_id,
         distance=decision.distance, frames=decision.frames, model=decision.model or None,
-        detail={"window": decision.window, "frame": decision.frame_index,
-                **({"check": decision.check, "reason": decision.reason} if decision.check else {})},
+        detail={"window": decision.window, "frame": decision.frame_index, **checked},
     )
+
+
+def decision_events(decision) -> list[Event]:
+    """The decision's event, and a ``spoof_alert`` after it when it completed a run of attacks."""
+    events = [decision_event(decision)]
+    if decision.alert:
+        events.append(Event(
+            kind="spoof_alert", message=f"repeated presentation attacks at the door (the last: {decision.reason})",
+            frames=decision.frames, model=decision.model or None,
+            detail={"check": decision.check, "frame": decision.frame_index,
+                    **({"score": round(decision.score, 4)} if decision.score is not None else {})},
+        ))
+    return events

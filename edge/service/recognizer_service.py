@@ -48,7 +48,7 @@ from typing import Callable
 import click
 
 from ..errors import EdgeError
-from .events import Event, EventBus, Journal, decision_event
+from .events import Event, EventBus, Journal, decision_events
 from .notify import Notifier, Watchdog, watchdog_interval
 
 log = logging.getLogger("edge.serve")
@@ -244,8 +244,11 @@ class RecognizerService:
 
         if decision.outcome is Outcome.GRANTED:
             self._unlock(decision)  # first: the door waits for nothing else
-        # Recognizer.run already wrote the audit row for the decision itself.
-        self.bus.emit(decision_event(decision), audit=False)
+        events = decision_events(decision)
+        # Recognizer.run already wrote the decision's own audit row; an alert that follows gets one of its own.
+        self.bus.emit(events[0], audit=False)
+        for event in events[1:]:
+            self.bus.emit(event)
         for observer in list(self.decision_observers):
             try:
                 observer(decision)
