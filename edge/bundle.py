@@ -26,9 +26,9 @@ from .errors import ModelError, ModelIntegrityError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "edge-model-bundle/1"
-KINDS = ("embedder", "detector")
+KINDS = ("embedder", "detector", "liveness")
 # Bundles written before manifests named their backend: what ran them then.
-DEFAULT_BACKENDS = {"embedder": "tflite", "detector": "opencv-yunet"}
+DEFAULT_BACKENDS = {"embedder": "tflite", "detector": "opencv-yunet", "liveness": "tflite"}
 SEAL = "manifest_sha256"
 _MODEL_ID_VERSION = "edge-model-id/2"
 
