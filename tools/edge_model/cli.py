@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "bench": "edge_model.bench",
     "macs": "edge_model.macs",
     "check-arm": "edge_model.check_arm",
+    "eval-liveness": "edge_model.liveness_eval",
     "train-student": "edge_model.train_student",
 }
 
@@ -38,7 +39,7 @@ class LazyGroup(click.Group):
             if exc.name and exc.name.startswith("edge_model"):
                 return None
             raise click.ClickException(
-                f"'{name}' needs {exc.name}, which is in the build extra: pip install -e '.[build]'"
+                f"'{name}' needs {exc.name}, which is in the build extra: pip install -e './tools[build]'"
             ) from exc
         return module.command
 
