@@ -69,7 +69,7 @@ def _load(config_path):
 # Commands that live in their own modules, imported only when they run.
 LAZY_COMMANDS = {
     "serve": "edge.service.recognizer_service:command",
-    "door": "edge.service.actuator:command",
+    "door": "edge.service.door.cli:command",
     "enroll": "edge.enrollment.cli:command",
     "liveness": "edge.liveness_cli:liveness",
     "liveness-tune": "edge.liveness_cli:tune",

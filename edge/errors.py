@@ -48,6 +48,42 @@ class CameraError(EdgeError):
     exit_code = 74  # EX_IOERR
 
 
+class SocketError(EdgeError):
+    """A unix socket cannot be served or reached (edge/sockets.py: the door's and the control socket's layer)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class SocketInUseError(SocketError):
+    """Another live process already serves that socket path, so it is not replaced."""
+
+
+class SocketTimeoutError(SocketError):
+    """A peer did not connect, answer or finish its line before the deadline."""
+
+    exit_code = 75  # EX_TEMPFAIL: a busy peer may answer the next time
+
+
+class ProtocolError(SocketError):
+    """A peer broke the JSON-line framing: not UTF-8 JSON, not an object, or a line over the size limit."""
+
+    exit_code = 76  # EX_PROTOCOL
+
+
+class LineTooLongError(ProtocolError):
+    """A line longer than the socket's limit: refused before it is buffered any further."""
+
+
+class DoorError(EdgeError):
+    """The door actuator cannot do its job: the relay or door contact GPIO cannot be used."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class DoorUnavailable(DoorError):
+    """The recognizer's side: the actuator did not answer (not running, socket missing, timeout, garbage)."""
+
+
 class ImageError(EdgeError):
     """An image file is unreadable, corrupt, too large or of an unsupported kind."""
 

@@ -77,24 +77,13 @@ def check_recognizer(config: Config) -> list[str]:
 
 
 def check_door(config: Config) -> list[str]:
-    """Verify what ``edge door`` needs: a socket path, the recognizer's uid, a GPIO library."""
-    import importlib.util
+    """Verify what ``edge door`` needs, with the very check it runs at start: socket path, uid, GPIO library."""
+    from .service.door import prerequisites
+    from .service.protocol import socket_path
 
-    from .service.activation import resolve_uid
-
-    door = config.door
-    if not door.socket:
-        raise ConfigError("door.socket is empty: edge door needs a socket path")
-    try:
-        uid = resolve_uid(door.recognizer_user)
-    except KeyError as exc:
-        raise ConfigError(f"door.recognizer_user: no such user {door.recognizer_user!r}") from exc
-    if importlib.util.find_spec("gpiozero") is None:
-        from .service.actuator import DoorError
-
-        raise DoorError("gpiozero is not installed: apt install python3-gpiozero python3-lgpio "
-                        "(venv with --system-site-packages) or pip install gpiozero")
-    return [f"door: relay GPIO{door.relay_pin}, unlocks from uid {uid}, socket {door.socket}"]
+    path = socket_path(config)  # ConfigError when door.socket is empty
+    uid = prerequisites.check(config.door)
+    return [f"door: relay GPIO{config.door.relay_pin}, unlocks from uid {uid}, socket {path}"]
 
 
 def check(config: Config, target: str) -> list[str]:

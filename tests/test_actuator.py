@@ -314,7 +314,7 @@ def _controller(**door):
     from types import SimpleNamespace
 
     from edge.config import DoorConfig
-    from edge.service.actuator import DoorController
+    from edge.service.door.controller import DoorController
 
     cfg = SimpleNamespace(**{**dataclasses.asdict(DoorConfig()), **door})
     relay, clock = _FakeRelay(), _Clock()
@@ -339,7 +339,7 @@ def test_an_unusable_pulse_never_energises_the_relay(pulse):
 
 @pytest.mark.parametrize("pulse", [31.0, 1e9, 1e308])
 def test_an_absurd_pulse_is_cut_to_the_maximum(pulse):
-    from edge.service.actuator import MAX_PULSE_SECONDS
+    from edge.service.door.limits import MAX_PULSE_SECONDS
 
     controller, relay, clock = _controller(pulse_seconds=pulse)
     reply = controller.unlock({"person": "Ada"})

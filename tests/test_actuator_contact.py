@@ -7,7 +7,8 @@ import pytest
 pytest.importorskip("gpiozero", reason="gpiozero is not installed (pip install -e '.[test]')")
 
 from edge.config import DoorConfig
-from edge.service.actuator import Contact, DoorController, Relay
+from edge.service.door.controller import DoorController
+from edge.service.door.hardware import Contact, Relay
 
 
 @pytest.fixture

@@ -2,61 +2,31 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
-from .protocol import MAX_LINE, ProtocolError, decode, encode
-
-
-class DoorUnavailable(OSError):
-    """The actuator did not answer (not running, socket missing, timeout, garbage)."""
+from ..errors import DoorUnavailable, ProtocolError, SocketTimeoutError
+from ..sockets import connect_unix, decode_line
+from .protocol import MAX_REPLY_LINE
 
 
 class DoorClient:
+    """Asks the actuator at ``path``; ``timeout`` bounds each request as a whole (connect, send, reply)."""
+
     def __init__(self, path: str, timeout: float = 1.0) -> None:
         self.path = path
         self.timeout = timeout
 
-    def _connect(self, deadline: float) -> socket.socket:
-        # A socket with a timeout is non-blocking underneath, and a full listen backlog answers its connect
-        # with EAGAIN at once: another local user's connect storm must cost an unlock a short wait, not
-        # the unlock.  Each try takes a fresh socket.
-        delay = 0.001
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            try:
-                sock.connect(self.path)
-                return sock
-            except BlockingIOError:
-                sock.close()
-                if time.monotonic() + delay >= deadline:
-                    raise TimeoutError("the actuator's listen backlog stayed full") from None
-                time.sleep(delay)
-                delay = min(2 * delay, 0.02)
-            except BaseException:
-                sock.close()
-                raise
-
     def request(self, message: dict) -> dict:
+        """One request, one reply; any failure is :class:`~edge.errors.DoorUnavailable`, naming the socket."""
         deadline = time.monotonic() + self.timeout
         try:
-            with self._connect(deadline) as sock:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                sock.sendall(encode(message))
-                buffer = b""
-                while b"\n" not in buffer:
-                    sock.settimeout(max(0.001, deadline - time.monotonic()))
-                    chunk = sock.recv(MAX_LINE)
-                    if not chunk:
-                        raise DoorUnavailable(f"actuator at {self.path} closed the connection without a reply")
-                    buffer += chunk
-                    if len(buffer) > MAX_LINE:
-                        raise DoorUnavailable(f"actuator at {self.path} sent an over-long reply")
-            return decode(buffer.split(b"\n", 1)[0])
-        except DoorUnavailable:
-            raise
-        except TimeoutError as exc:
+            with connect_unix(self.path, self.timeout, MAX_REPLY_LINE, deadline=deadline) as channel:
+                channel.send(message, timeout=max(0.001, deadline - time.monotonic()))
+                line = channel.read_line(deadline=deadline)
+            if line is None:
+                raise DoorUnavailable(f"actuator at {self.path} closed the connection without a reply")
+            return decode_line(line)
+        except SocketTimeoutError as exc:
             raise DoorUnavailable(f"actuator at {self.path} did not answer within {self.timeout:.2f} s") from exc
         except (OSError, ProtocolError) as exc:
             raise DoorUnavailable(f"actuator at {self.path}: {exc}") from exc

@@ -10,7 +10,7 @@ Requests (``op``):
 * ``events``  {"op": "events", "after": seq} -> {"ok": true, "events": [...], "seq": last}:
   door-contact and actuation events, so the recognizer can copy them into its audit table.
 
-Lines are at most :data:`MAX_LINE` bytes; anything else closes the connection.
+Requests are at most :data:`MAX_LINE` bytes (framing: :mod:`edge.sockets`); a longer one closes the connection.
 
 Connections are short-lived: the actuator closes one a few seconds after it opened (one second for
 any uid but the recognizer's, which also share a handful of slots of their own), so a client opens a
@@ -20,25 +20,23 @@ also say ``"error": "bad_config"``: the actuator found its pulse length unusable
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
-MAX_LINE = 4096
+from ..errors import ConfigError
+
+# The framing (one JSON object per line, bounded) is edge.sockets'; these are the door's own numbers.
+MAX_LINE = 4096  # a request: what a stranger may make the actuator buffer
+# A reply: an ``events`` answer carries up to the actuator's whole ring of 256 events, far past MAX_LINE.
+MAX_REPLY_LINE = 1 << 20
 OPS = ("unlock", "lock", "status", "events")
 
 
-class ProtocolError(ValueError):
-    pass
+def socket_path(config) -> Path:
+    """``door.socket`` resolved like every other relative path: against the config file's folder.
 
-
-def encode(obj: dict) -> bytes:
-    return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
-
-
-def decode(line: bytes) -> dict:
-    try:
-        obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"not a JSON line: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ProtocolError("a request must be a JSON object")
-    return obj
+    Empty is a ConfigError here; ``edge serve`` reads it as "no actuator" and does not ask.
+    """
+    if not config.door.socket:
+        raise ConfigError("door.socket is empty: edge door needs a socket path")
+    path = Path(config.door.socket).expanduser()
+    return path if path.is_absolute() else config.base_dir / path

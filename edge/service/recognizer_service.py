@@ -185,7 +185,7 @@ class RecognizerService:
             self.components.append(component)
 
     def _build_door(self, config) -> None:
-        from .actuator import socket_path
+        from .protocol import socket_path
         from .lock_client import DoorClient, DoorUnavailable
 
         if self._poller is not None:
