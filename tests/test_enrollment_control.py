@@ -229,20 +229,28 @@ def test_another_uid_is_refused(tmp_path, short_dir, mode):
 
 
 def test_a_stale_socket_is_replaced_and_a_live_one_is_not(tmp_path, short_dir):
-    from edge.enrollment.errors import EnrollmentError
+    from edge.errors import SocketInUseError
 
     config = load_config(write_config(tmp_path, short_dir))
     first = ControlServer(config, _Embedder(), lambda: 1.0).start()
     try:
-        with pytest.raises(EnrollmentError, match="already serves"):
+        with pytest.raises(SocketInUseError, match="already serves"):
             ControlServer(config, _Embedder(), lambda: 1.0).start()
+        # The refused second start left the first one alone: same file, still answering.
+        with ControlClient(first.path, timeout=5.0) as client:
+            assert next(client.request({"op": "ping"}))["event"] == "pong"
     finally:
         first._halt.set()
         first._thread.join()
-        first._sock.close()  # "crash": the file stays behind
+        first._listener.sock.close()  # "crash": the file stays behind
     assert first.path.exists()
     second = ControlServer(config, _Embedder(), lambda: 1.0).start()
-    second.stop()
+    try:
+        with ControlClient(second.path, timeout=5.0) as client:
+            assert next(client.request({"op": "ping"}))["event"] == "pong"
+    finally:
+        second.stop()
+    assert not second.path.exists()
 
 
 def test_rejection_reasons_reach_the_client_through_the_socket(tmp_path, short_dir, detector, embedder):

@@ -30,7 +30,6 @@ samples up through the gallery's data_version.
 from __future__ import annotations
 
 import grp
-import json
 import logging
 import math
 import os
@@ -38,24 +37,25 @@ import pwd
 import queue
 import select
 import socket
-import stat
-import struct
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import ConfigError, EdgeError
+from ..errors import ConfigError, EdgeError, ProtocolError, SocketTimeoutError
+from ..sockets import LineChannel, UnixListener, bind_unix_listener, connect_unix, decode_line, peer_cred
 from .errors import ControlPermissionError, EnrollmentError, ServiceNotRunning
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
+MAX_LINE = 64 * 1024  # a request
+MAX_EVENT_LINE = 1 << 20  # an event to the client: an accepted sample may carry its crop as a base64 PNG
 SOCKET_NAME = "control.sock"
 # The door's frame loop shares the process: connections must not grow its thread count without bound
 # (305 threads were seen from one flood), nor hold a thread by never finishing their request.
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT = 5.0
+SEND_TIMEOUT = 10.0  # a client that stops reading mid-session is dropped after this long
 REFUSAL_LOG_INTERVAL = 10.0
 MAX_SESSION_TIMEOUT = 3600.0  # enrollment.timeout's upper bound
 
@@ -86,12 +86,6 @@ def resolve_group(name: str) -> int:
         raise ConfigError(f"enrollment.socket_group: no group named {name!r} on this system") from None
 
 
-def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end, from the kernel."""
-    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)
-
-
 def _process_groups(pid: int) -> set[int] | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -102,46 +96,25 @@ def _process_groups(pid: int) -> set[int] | None:
     return None
 
 
-def _send(conn: socket.socket, obj: dict) -> None:
-    conn.sendall((json.dumps(obj) + "\n").encode())
-
-
-def _try_send(conn: socket.socket, obj: dict) -> None:
+def _try_send(channel: LineChannel, obj: dict) -> None:
     """A last word to a client that may have stopped reading: briefly, and never an exception."""
     try:
-        conn.settimeout(0.5)
-        _send(conn, obj)
-    except OSError:
+        channel.send(obj, timeout=0.5)
+    except (OSError, SocketTimeoutError):
         pass
 
 
-def _read_line(conn: socket.socket, timeout: float) -> bytes:
-    """The first line from ``conn``; ``timeout`` bounds the whole line, not each recv (a byte every few
-    seconds must not hold a connection for hours)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"no complete request within {timeout:g} s")
-        conn.settimeout(remaining)
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_LINE:
-            raise BadRequest(f"request longer than {MAX_LINE} bytes")
-    return data.split(b"\n", 1)[0]
+def _read_request(channel: LineChannel, timeout: float) -> dict:
+    """The one request line; ``timeout`` bounds the whole line (:class:`~edge.errors.SocketTimeoutError`).
 
-
-def _parse_request(line: bytes) -> dict:
+    A half-closed connection with nothing sent reads as ``{}`` and is answered like any request without
+    an ``op``.  Framing faults (too long, not JSON, not an object) are this protocol's ``bad_request``.
+    """
     try:
-        request = json.loads(line or b"{}")
-    except (ValueError, RecursionError) as exc:  # also bad UTF-8, and [[[[... nested past the parser's depth
-        raise BadRequest(f"not a JSON line: {str(exc)[:80]}") from None
-    if not isinstance(request, dict):
-        raise BadRequest(f"a request must be a JSON object, not {type(request).__name__}")
-    return request
+        line = channel.read_line(timeout)
+        return decode_line(line or b"{}")
+    except ProtocolError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 def _enroll_options(request: dict, enrollment) -> tuple[str, int, float]:
@@ -210,12 +183,11 @@ class ControlServer:
         self.mode = mode
         self.gid = resolve_group(config.enrollment.socket_group if group is None else group)
         self.gallery_path = config.gallery_path()
-        self._sock: socket.socket | None = None
+        self._listener: UnixListener | None = None
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._active: _Active | None = None
-        self._inode: int | None = None
         self.frames = 0
         self.max_connections = max_connections
         self.request_timeout = request_timeout
@@ -224,37 +196,9 @@ class ControlServer:
 
     # -- life cycle ---------------------------------------------------------------
     def start(self) -> "ControlServer":
-        if len(os.fsencode(str(self.path))) > 107:
-            raise ConfigError(f"control socket path {self.path} is longer than the 107 bytes a unix socket allows")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                raise EnrollmentError(f"{self.path} exists and is not a socket; refusing to replace it")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(self.path))
-                raise EnrollmentError(f"another recognizer already serves {self.path}")
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(self.path)  # stale, from a crashed run
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # never world-accessible, not even between bind and chmod
-        try:
-            sock.bind(str(self.path))
-        finally:
-            os.umask(old)
-        os.chmod(self.path, self.mode)
-        if self.gid != os.getegid():
-            try:
-                os.chown(self.path, -1, self.gid)
-            except PermissionError as exc:
-                sock.close()
-                raise ConfigError(f"cannot give {self.path} to group {self.gid}: {exc}") from exc
-        self._inode = os.stat(self.path).st_ino
-        sock.listen(128)
-        sock.settimeout(0.5)
-        self._sock = sock
+        # A path another recognizer still serves is refused (SocketInUseError), a stale one replaced.
+        self._listener = bind_unix_listener(self.path, mode=self.mode, backlog=128, group=self.gid)
+        self._listener.sock.settimeout(0.5)  # the accept loop looks at _halt this often
         self._thread = threading.Thread(target=self._serve, name="edge-enroll-control", daemon=True)
         self._thread.start()
         log.info("enrollment control socket at %s (mode %o, group %d)", self.path, self.mode, self.gid)
@@ -267,13 +211,8 @@ class ControlServer:
             active.session.cancelled.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._sock is not None:
-            self._sock.close()
-        try:
-            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self._listener is not None:
+            self._listener.close()  # removes the file only while it is still the one bound here
 
     # -- frame loop side ----------------------------------------------------------------
     def on_frame(self, result, stats=None) -> None:
@@ -296,7 +235,7 @@ class ControlServer:
     def _serve(self) -> None:
         while not self._halt.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = self._listener.sock.accept()
             except socket.timeout:
                 continue
             except OSError as exc:
@@ -312,10 +251,11 @@ class ControlServer:
     def _admit(self, conn: socket.socket) -> None:
         """Refusals are answered here, on the listener thread: only admitted connections get a thread."""
         try:
-            pid, uid, gid = peer_credentials(conn)
+            peer = peer_cred(conn)
         except OSError:
             conn.close()
             return
+        pid, uid, gid = peer.pid, peer.uid, peer.gid
         if not self.allowed(pid, uid, gid):
             held = self._refusal_log()
             if held is not None:
@@ -337,7 +277,7 @@ class ControlServer:
     @staticmethod
     def _refuse(conn: socket.socket, reply: dict) -> None:
         with conn:
-            _try_send(conn, reply)
+            _try_send(LineChannel(conn, MAX_LINE), reply)
             try:
                 # Read what the client already sent: closing on unread data resets the connection, and
                 # a client that reads late would see the reset instead of the reason.
@@ -362,37 +302,43 @@ class ControlServer:
 
     def _handle(self, conn: socket.socket, uid: int) -> None:
         try:
-            with conn:
-                self._converse(conn, uid)
+            with LineChannel(conn, MAX_LINE, eof_ends_line=True) as channel:
+                self._converse(channel, uid)
         finally:
             self._slots.release()
 
-    def _converse(self, conn: socket.socket, uid: int) -> None:
+    def _converse(self, channel: LineChannel, uid: int) -> None:
         try:
-            request = _parse_request(_read_line(conn, self.request_timeout))
+            try:
+                request = _read_request(channel, self.request_timeout)
+            except SocketTimeoutError as exc:
+                log.info("control connection from uid %d timed out: %s", uid, exc)
+                _try_send(channel, {"event": "error", "code": "timeout",
+                                    "message": f"no complete request within {self.request_timeout:g} s"})
+                return
             op = request.get("op")
             if op == "ping":
-                _send(conn, {"event": "pong", "model": self.embedder.model_id, "threshold": self.threshold(),
-                             "frames": self.frames, "busy": self._active is not None})
+                channel.send({"event": "pong", "model": self.embedder.model_id, "threshold": self.threshold(),
+                              "frames": self.frames, "busy": self._active is not None}, SEND_TIMEOUT)
             elif op == "enroll":
-                self._enroll(conn, request, uid)
+                self._enroll(channel, request, uid)
             else:
                 raise BadRequest(f"unknown request {str(op)[:40]!r}: ping or enroll")
+        except SocketTimeoutError as exc:  # a client that stopped reading
+            log.info("control connection from uid %d dropped: %s", uid, exc)
         except EdgeError as exc:
             reply = {"event": "error", "message": str(exc), "exit_code": exc.exit_code}
             if getattr(exc, "code", None):
                 reply["code"] = exc.code
-            _try_send(conn, reply)
-        except TimeoutError as exc:
-            log.info("control connection from uid %d timed out: %s", uid, exc)
-            _try_send(conn, {"event": "error", "code": "timeout", "message": str(exc)})
+            _try_send(channel, reply)
         except OSError as exc:
             log.info("control connection ended: %s", exc)
         except Exception as exc:  # a bug: the client hears of it and the server keeps serving
             log.exception("control request failed")
-            _try_send(conn, {"event": "error", "code": "internal", "message": f"internal error: {type(exc).__name__}"})
+            _try_send(channel, {"event": "error", "code": "internal",
+                                "message": f"internal error: {type(exc).__name__}"})
 
-    def _enroll(self, conn: socket.socket, request: dict, uid: int) -> None:
+    def _enroll(self, channel: LineChannel, request: dict, uid: int) -> None:
         from ..gallery import Gallery
         from .live import commit, done_event, start_session, summary_line
 
@@ -408,12 +354,13 @@ class ControlServer:
                 self._active = active
             log.info("enrollment of %s started by uid %d (%d samples)", session.name, uid, wanted)
             try:
-                _send(conn, {"event": "started", "name": session.name, "samples": wanted,
-                             "model": self.embedder.model_id, "threshold": self.threshold(), "where": "recognizer"})
-                outcome = self._pump(conn, active, timeout)
+                channel.send({"event": "started", "name": session.name, "samples": wanted,
+                              "model": self.embedder.model_id, "threshold": self.threshold(),
+                              "where": "recognizer"}, SEND_TIMEOUT)
+                outcome = self._pump(channel, active, timeout)
                 if outcome == "done":
                     self._active = None
-                    if self._client_gone(conn):
+                    if self._client_gone(channel):
                         log.info("enrollment of %s: client left before the save; nothing saved", session.name)
                         return
                     keep = bool(request.get("keep_crops"))
@@ -422,11 +369,11 @@ class ControlServer:
                                        companions=self.companions)
                     total = next((p.samples for p in gallery.people() if p.id == person_id), wanted)
                     log.info("enrolled %s: %d samples (%s)", session.name, wanted, summary_line(session))
-                    _send(conn, done_event(session, self.embedder.model_id, total))
+                    channel.send(done_event(session, self.embedder.model_id, total), SEND_TIMEOUT)
                 elif outcome == "timeout":
-                    _send(conn, {"event": "error", "message":
-                                 f"timed out after {timeout:.0f} s with {len(session.samples)}/{wanted} good "
-                                 f"samples; nothing was saved ({summary_line(session)})"})
+                    channel.send({"event": "error", "message":
+                                  f"timed out after {timeout:.0f} s with {len(session.samples)}/{wanted} good "
+                                  f"samples; nothing was saved ({summary_line(session)})"}, SEND_TIMEOUT)
                 else:
                     log.info("enrollment of %s cancelled (%s); nothing saved", session.name, outcome)
             finally:
@@ -436,34 +383,34 @@ class ControlServer:
                         self._active = None
 
     @staticmethod
-    def _client_gone(conn: socket.socket) -> bool:
+    def _client_gone(channel: LineChannel) -> bool:
         try:
             poller = select.poll()  # not select.select: that fails on a descriptor past 1023
-            poller.register(conn, select.POLLIN)
+            poller.register(channel, select.POLLIN)
             if not poller.poll(0):
                 return False
-            data = conn.recv(4096, socket.MSG_PEEK)
+            data = channel.sock.recv(4096, socket.MSG_PEEK)
             return not data or b"cancel" in data
         except OSError:
             return True
 
-    def _pump(self, conn: socket.socket, active: _Active, timeout: float) -> str:
+    def _pump(self, channel: LineChannel, active: _Active, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         idle_told = 0.0
-        conn.settimeout(10.0)
         while True:
             if self._halt.is_set():
-                _send(conn, {"event": "error", "message": "the recognizer is stopping; nothing was saved"})
+                channel.send({"event": "error", "message": "the recognizer is stopping; nothing was saved"},
+                             SEND_TIMEOUT)
                 return "stopping"
-            if self._client_gone(conn):
+            if self._client_gone(channel):
                 return "client gone"
             try:
                 event = active.events.get(timeout=0.2)
             except queue.Empty:
                 event = None
             if event is not None:
-                _send(conn, event)
+                channel.send(event, SEND_TIMEOUT)
                 if event["event"] == "error":
                     return "error"
             session = active.session
@@ -476,7 +423,8 @@ class ControlServer:
             stale = now - (last if last is not None else started)
             if stale > 5.0 and now - idle_told > 5.0:
                 idle_told = now
-                _send(conn, {"event": "info", "message": f"no frames from the camera for {stale:.0f} s"})
+                channel.send({"event": "info", "message": f"no frames from the camera for {stale:.0f} s"},
+                             SEND_TIMEOUT)
 
 
 # -- wiring ---------------------------------------------------------------------------------
@@ -530,20 +478,19 @@ def attach_control_server(recognizer, config, **kwargs) -> ControlServer:
 
 # -- client -------------------------------------------------------------------------------------
 class ControlClient:
+    """``edge enroll``'s side: ``timeout`` bounds the connect and each wait for the server's next event."""
+
     def __init__(self, path: str | Path, timeout: float = 15.0) -> None:
         self.path = Path(path)
         self.timeout = timeout
-        self.sock: socket.socket | None = None
+        self.channel: LineChannel | None = None
 
     def connect(self) -> "ControlClient":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(str(self.path))
+            self.channel = connect_unix(self.path, self.timeout, MAX_EVENT_LINE)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
             raise ServiceNotRunning(f"no recognizer is listening on {self.path}") from exc
         except PermissionError as exc:
-            sock.close()
             try:
                 group = grp.getgrgid(os.stat(self.path).st_gid).gr_name
             except (KeyError, OSError):
@@ -551,43 +498,42 @@ class ControlClient:
             raise ControlPermissionError(
                 f"permission denied on {self.path}: enrolling needs membership in group {group!r} (or root)"
             ) from exc
-        self.sock = sock
+        except SocketTimeoutError as exc:
+            raise EnrollmentError(f"the recognizer did not take the connection on {self.path} "
+                                  f"within {self.timeout:g} s") from exc
         return self
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     def __enter__(self) -> "ControlClient":
-        return self.connect() if self.sock is None else self
+        return self.connect() if self.channel is None else self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def request(self, obj: dict, idle_timeout: float | None = None) -> Iterator[dict]:
-        """Send one request; yield the server's events until it closes the connection."""
-        assert self.sock is not None
+        """Send one request; yield the server's events until it closes the connection.
+
+        ``idle_timeout`` (default ``timeout``) bounds the wait for each event line.
+        """
+        assert self.channel is not None
         try:
-            _send(self.sock, obj)
+            self.channel.send(obj, self.timeout)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server closed first: its reason is still waiting to be read
-        self.sock.settimeout(idle_timeout or self.timeout)
-        buffer = b""
         while True:
             try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout as exc:
+                line = self.channel.read_line(idle_timeout or self.timeout)
+            except SocketTimeoutError as exc:
                 raise EnrollmentError(f"the recognizer stopped answering on {self.path}") from exc
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
+            if line is None:
                 break
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    event = json.loads(line)
-                    if event.get("event") == "error" and event.get("code") == "permission":
-                        raise ControlPermissionError(event.get("message", "permission denied"))
-                    yield event
+            if not line.strip():
+                continue
+            event = decode_line(line)
+            if event.get("event") == "error" and event.get("code") == "permission":
+                raise ControlPermissionError(event.get("message", "permission denied"))
+            yield event
