@@ -49,15 +49,18 @@ class UnixListener:
         return self.sock.fileno()
 
     def close(self) -> None:
-        """Close the socket and remove its file, unless the file is no longer the one bound here."""
-        self.sock.close()
-        if self.path is None or self.inode is None:
-            return
+        """Remove the socket file unless it is no longer the one bound here, then close the socket.
+
+        In that order: while the socket is open its inode cannot be reused, so the comparison means
+        something, and no successor can take the file for stale (its probe would still be answered).
+        """
         try:
-            if os.lstat(self.path).st_ino == self.inode:
+            if self.path is not None and self.inode is not None and os.lstat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
+        finally:
+            self.sock.close()
 
 
 def _live_owner(path: Path, timeout: float) -> bool:

@@ -229,6 +229,28 @@ def test_garbage_is_answered_and_never_unlocks(actuator_factory):
     assert a.client.status()["relay"] is False and relay_periods(a.events()) == []
 
 
+def test_a_second_actuator_does_not_take_over_a_served_socket(actuator_factory):
+    a = actuator_factory().start()
+    inode = os.lstat(a.sock).st_ino
+    # Same socket, its own events log: the second one's start/stop relay lines stay out of the first's.
+    second = write_toml(a.folder / "second.toml", {"door": {
+        "socket": str(a.sock), "recognizer_user": str(os.getuid()), "events_log": str(a.folder / "second.jsonl")}})
+    result = subprocess.run([sys.executable, "-m", "edge.cli", "door", "-c", str(second)], env=edge_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 69, result.stderr
+    assert "another process already serves" in result.stderr and str(a.sock) in result.stderr
+    assert os.lstat(a.sock).st_ino == inode  # the first one's socket, not unlinked and rebound
+    assert a.proc.poll() is None and a.client.status()["ok"] is True
+    assert a.client.unlock("Ada")["ok"] is True  # and it still unlocks
+    # Once the first is gone (SIGKILL: the file stays), the next start replaces the stale socket.
+    first_pid = a.client.status()["pid"]
+    a.stop(signal.SIGKILL)
+    assert a.sock.exists()
+    a.start()
+    status = a.client.status()
+    assert status["relay"] is False and status["pid"] not in (first_pid, None)
+
+
 def test_socket_activation(tmp_path):
     activate = shutil.which("systemd-socket-activate")
     if activate is None:

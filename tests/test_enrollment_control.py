@@ -352,6 +352,27 @@ def test_a_slow_request_times_out_as_a_whole(tmp_path, short_dir):
         server.stop()
 
 
+def test_an_over_long_request_is_answered_and_not_buffered(tmp_path, short_dir):
+    import socket
+
+    from edge.enrollment.control import MAX_LINE
+
+    config = load_config(write_config(tmp_path, short_dir))
+    server = ControlServer(config, _Embedder(), lambda: 1.0).start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(server.path))
+            s.sendall(b"x" * (MAX_LINE + 100))  # no newline: the server must stop reading, not wait for one
+            replies = _lines(s)
+        assert [r.get("code") for r in replies] == ["bad_request"], replies
+        assert "longer than" in replies[0]["message"]
+        with ControlClient(server.path) as client:
+            assert next(client.request({"op": "ping"}))["event"] == "pong"
+    finally:
+        server.stop()
+
+
 def test_connections_past_the_cap_are_refused_busy_in_process(tmp_path, short_dir):
     import socket
 
