@@ -30,6 +30,8 @@ class Notifier:
         self.path = path if path is not None else env.get("NOTIFY_SOCKET", "")
         self._sock: socket.socket | None = None
         if self.path and (self.path.startswith("/") or self.path.startswith("@")):
+            # Not edge.sockets: sd_notify is one unconnected datagram per message to a socket systemd owns,
+            # with no listener to bind or probe, no peer to identify and no lines to frame.
             try:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             except OSError as exc:  # pragma: no cover - AF_UNIX always exists on Linux

@@ -44,7 +44,8 @@ class DoorController:
     """Pulse, rate limit, flood lockout and door-contact supervision; the clock is injectable for tests."""
 
     def __init__(self, door, relay: Relay, contact: Contact | None = None,
-                 emit: Callable[[Event, dict], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 emit: Callable[[Event, dict], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = door
         # Config validation refuses NaN and out-of-range values, but this is the process that holds the
         # lock: it checks again, and anything unusable becomes the strict end of its range.
