@@ -16,7 +16,9 @@ what each means for its peer ("not running", "not in the group").
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -81,6 +83,25 @@ def _live_owner(path: Path, timeout: float) -> bool:
         probe.close()
 
 
+@contextlib.contextmanager
+def _starters_lock(folder: Path):
+    """Serialise probe, unlink and bind among starters in ``folder`` (flock on the folder itself).
+
+    Without it two starters racing on one stale file could both find it stale, and the later one's
+    unlink would orphan the earlier one's fresh socket: both would "serve", one of them unreachable.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield  # an unreadable folder: no lock to be had, the race stays as narrow as it is
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # also drops the lock
+
+
 def bind_unix_listener(path: str | Path, mode: int = 0o660, backlog: int = socket.SOMAXCONN, *,
                        group: int | None = None, probe_timeout: float = PROBE_TIMEOUT) -> UnixListener:
     """Bind and listen on ``path``; refuse a path another live process serves, replace a stale socket file.
@@ -94,20 +115,30 @@ def bind_unix_listener(path: str | Path, mode: int = 0o660, backlog: int = socke
         raise ConfigError(f"socket path {path} is longer than the {MAX_UNIX_PATH} bytes a unix socket allows")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        existing = path.lstat()
-    except FileNotFoundError:
-        existing = None
     except OSError as exc:
         raise SocketError(f"cannot bind {path}: {exc}") from exc
-    if existing is not None:
-        if not stat.S_ISSOCK(existing.st_mode):
-            raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
-        if _live_owner(path, probe_timeout):
-            raise SocketInUseError(f"another process already serves {path}; stop it first")
-        # Between the probe and the unlink another starter could bind here; the loser of that race
-        # then fails at bind below (EADDRINUSE), never silently.
-        log.info("replacing stale socket %s", path)
-        path.unlink(missing_ok=True)
+    with _starters_lock(path.parent):
+        _clear_stale(path, probe_timeout)
+        return _bind(path, mode, backlog, group)
+
+
+def _clear_stale(path: Path, probe_timeout: float) -> None:
+    """Remove a socket file nobody serves; refuse a served one and anything that is not a socket."""
+    try:
+        existing = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SocketError(f"cannot bind {path}: {exc}") from exc
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
+    if _live_owner(path, probe_timeout):
+        raise SocketInUseError(f"another process already serves {path}; stop it first")
+    log.info("replacing stale socket %s", path)
+    path.unlink(missing_ok=True)
+
+
+def _bind(path: Path, mode: int, backlog: int, group: int | None) -> UnixListener:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         old = os.umask(0o177)  # owner only until mode and group are right: never wider, not even briefly
@@ -118,7 +149,7 @@ def bind_unix_listener(path: str | Path, mode: int = 0o660, backlog: int = socke
         listener = UnixListener(sock, path, os.lstat(path).st_ino)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:  # someone bound it after our probe
+        if exc.errno == errno.EADDRINUSE:  # bound since the probe by a starter outside this layer
             raise SocketInUseError(f"another process already serves {path}; stop it first") from exc
         raise SocketError(f"cannot bind {path}: {exc}") from exc
     try:

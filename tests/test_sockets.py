@@ -115,6 +115,37 @@ def test_a_stale_socket_file_is_replaced(folder):
         listener.close()
 
 
+def test_starters_racing_on_a_stale_file_leave_exactly_one_server(folder):
+    path = folder / "x.sock"
+    crashed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    crashed.bind(str(path))
+    crashed.close()
+    barrier = threading.Barrier(8)
+    results = []
+
+    def start():
+        barrier.wait()
+        try:
+            results.append(bind_unix_listener(path))
+        except SocketInUseError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    winners = [r for r in results if not isinstance(r, Exception)]
+    try:
+        assert len(results) == 8 and len(winners) == 1, results
+        with connect_unix(path, 1.0, 4096):  # and the one that won is the one the path reaches
+            conn, _ = winners[0].sock.accept()
+            conn.close()
+    finally:
+        for listener in winners:
+            listener.close()
+
+
 def test_a_file_that_is_not_a_socket_is_never_replaced(folder):
     path = folder / "x.sock"
     path.write_text("precious")
