@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "bench": "edge_model.bench",
     "macs": "edge_model.macs",
     "check-arm": "edge_model.check_arm",
+    "compare-liveness": "edge_model.liveness_compare",
     "eval-liveness": "edge_model.liveness_eval",
     "train-student": "edge_model.train_student",
 }
