@@ -60,6 +60,8 @@ class CameraConfig:
     fps: float = _field(10.0, lo=0.0, hi=120.0, doc="replay pacing; 0 replays as fast as possible")
     loop: bool = _field(False, doc="replay: start again at the end instead of stopping")
     read_timeout: float = _field(5.0, lo=0.1, hi=120.0, doc="seconds without a frame before the camera counts as dead")
+    tuning: str = _field("", doc="picamera2: libcamera tuning file, e.g. imx708_noir.json for a NoIR module; "
+                                 "empty: the sensor's default")
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,26 @@ def test_picamera2_reads_main_and_lores(monkeypatch):
     source.start()
     frame = source.read()
     assert frame.main.shape == (480, 640, 3) and frame.lores.shape == (240, 320, 3) and frame.lores_scale == 2.0
+
+
+def test_a_noir_module_starts_with_its_tuning_file(monkeypatch):
+    from edge.config import config_from_dict
+
+    camera = StalledPicamera2()
+    made = []
+
+    class FakePicamera2:
+        @staticmethod
+        def load_tuning_file(name):
+            return {"loaded": name}
+
+        def __new__(cls, tuning=None):
+            made.append(tuning)
+            return camera
+
+    monkeypatch.setitem(sys.modules, "picamera2", SimpleNamespace(Picamera2=FakePicamera2))
+    config = config_from_dict({"camera": {"source": "picamera2", "tuning": "imx708_noir.json"}})
+    source = Picamera2Source.from_config(config)
+    source.start()
+    source.stop()
+    assert made == [{"loaded": "imx708_noir.json"}]

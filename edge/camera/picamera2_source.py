@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 class Picamera2Source(FrameSource):
     name = "picamera2"
 
-    def __init__(self, width: int = 640, height: int = 480, lores_width: int = 320, read_timeout: float = 5.0) -> None:
+    def __init__(self, width: int = 640, height: int = 480, lores_width: int = 320, read_timeout: float = 5.0,
+                 tuning: str = "") -> None:
         super().__init__()
+        self.tuning = tuning
         self.read_timeout = read_timeout
         self.width, self.height = width, height
         self.lores_width = lores_width
@@ -33,7 +35,7 @@ class Picamera2Source(FrameSource):
     @classmethod
     def from_config(cls, config) -> "Picamera2Source":
         c = config.camera
-        return cls(c.width, c.height, c.lores_width, c.read_timeout)
+        return cls(c.width, c.height, c.lores_width, c.read_timeout, c.tuning)
 
     @classmethod
     def check(cls, config) -> str:
@@ -55,7 +57,8 @@ class Picamera2Source(FrameSource):
                 "'sudo apt install python3-picamera2' and use a venv made with --system-site-packages"
             ) from exc
         try:
-            camera = Picamera2()
+            # A NoIR module (no infrared-cut filter) needs its own tuning, or its colours and exposure are wrong.
+            camera = Picamera2(tuning=Picamera2.load_tuning_file(self.tuning)) if self.tuning else Picamera2()
             config = camera.create_video_configuration(
                 main={"size": (self.width, self.height), "format": "RGB888"},
                 lores={"size": self.lores_size, "format": "YUV420"},
@@ -66,7 +69,8 @@ class Picamera2Source(FrameSource):
         except Exception as exc:  # picamera2/libcamera raise bare RuntimeErrors and more
             raise CameraError(f"Pi camera could not be started: {exc}") from exc
         self._camera = camera
-        log.info("picamera2 started: main %dx%d, lores %dx%d", self.width, self.height, *self.lores_size)
+        log.info("picamera2 started: main %dx%d, lores %dx%d%s", self.width, self.height, *self.lores_size,
+                 f", tuning {self.tuning}" if self.tuning else "")
 
     def read(self) -> Frame | None:
         if self._camera is None:
