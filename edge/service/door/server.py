@@ -1,6 +1,6 @@
 """The actuator's socket server: one ``selectors`` loop, connections split by SO_PEERCRED at accept.
 
-Framing and peer credentials are :mod:`edge.sockets`'; the protocol is :mod:`edge.service.protocol`.
+Framing and peer credentials come from :mod:`edge.sockets`, the requests from :mod:`edge.service.protocol`.
 The loop also drives the controller's deadlines and the watchdog, so a wedged loop is a restart.
 """
 
