@@ -1,12 +1,13 @@
-"""Run a bundle's embedder over saved crops and save the raw and final outputs.
+"""Run a bundle's model over saved crops and save the raw and final outputs.
 
 Started by ``edge-model check-arm`` twice per runtime: with the x86 host's Python
 (the reference) and with an arm64 Python under ``qemu-aarch64-static``.  It only
 needs the repository's ``edge`` package, numpy, opencv and one TFLite runtime on
-``sys.path``, and it runs the device's own code: ``TFLiteEmbedder.embed_one`` per
-crop, exactly as enrollment and recognition call it.  The tensor the
-interpreter returns is captured on its way into ``_dequantise``, so the raw
-(int8) output and the final embedding come from the same call.
+``sys.path``, and it runs the device's own code per crop, exactly as the door
+calls it: ``TFLiteEmbedder.embed_one`` (an embedder: the final output is the
+embedding) or ``TFLiteLiveness.crop_probabilities`` (a liveness model: the
+softmax).  The tensor the interpreter returns is captured on its way into
+``_dequantise``, so the raw (int8) output and the final one come from the same call.
 
     python tools/edge_model/arm_worker.py BUNDLE CROPS.npy RUNTIME THREADS OUT.npz
 """
@@ -42,32 +43,44 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from edge.bundle import load_bundle
-    from edge.embedder import TFLiteEmbedder
 
     crops = np.load(crops_path)
-    embedder = TFLiteEmbedder(load_bundle(bundle_dir, expect_kind="embedder"), int(threads), runtime)
+    bundle = load_bundle(bundle_dir)
+    if bundle.kind == "liveness":
+        from edge.liveness import TFLiteLiveness
+
+        model = TFLiteLiveness(bundle, int(threads), runtime=runtime)
+
+        def run_one(crop):
+            return model.crop_probabilities(crop[None])[0]
+    else:
+        from edge.embedder import TFLiteEmbedder
+
+        model = TFLiteEmbedder(load_bundle(bundle_dir, expect_kind="embedder"), int(threads), runtime)
+        run_one = model.embed_one
     loaded = time.monotonic()
     raw: list[np.ndarray] = []
-    dequantise = embedder._dequantise
+    dequantise = model._dequantise
 
     def capture(output):
         raw.append(np.array(output, copy=True))
         return dequantise(output)
 
-    embedder._dequantise = capture
-    embeddings = np.stack([embedder.embed_one(crop) for crop in crops])
+    model._dequantise = capture
+    outputs = np.stack([run_one(crop) for crop in crops])
     done = time.monotonic()
     raw_array = np.stack([r.reshape(-1) for r in raw])
-    np.savez(out_path, raw=raw_array, embeddings=embeddings)
-    module = sys.modules.get({"ai-edge-litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}.get(embedder.runtime, ""))
+    np.savez(out_path, raw=raw_array, outputs=outputs)
+    module = sys.modules.get({"ai-edge-litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}.get(model.runtime, ""))
     try:
         from importlib.metadata import version
 
-        runtime_version = version(embedder.runtime)
+        runtime_version = version(model.runtime)
     except Exception:  # noqa: BLE001 - informative only
         runtime_version = getattr(module, "__version__", "?")
     info = {
-        "runtime": embedder.runtime,
+        "kind": bundle.kind,
+        "runtime": model.runtime,
         "runtime_version": runtime_version,
         "numpy": np.__version__,
         "machine": platform.machine(),

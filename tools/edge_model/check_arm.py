@@ -24,6 +24,11 @@ How it works
   crops (built on x86 with the project's detector and aligner), and the same
   worker runs on x86 with the same runtime for the reference.  For an INT8
   model the raw int8 outputs must match exactly.
+* A liveness bundle (``kind: "liveness"``) is checked the same way on its own
+  crops (the YuNet box scaled by the manifest's ``crop.scale``,
+  :func:`edge_model.crops.build_liveness_crops`) through
+  ``TFLiteLiveness.crop_probabilities``; its final outputs are the softmax, and
+  besides the runtime's rule no face may change its arg-max class.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import numpy as np
 
 from edge.bundle import load_bundle
 from edge.cli import boundary
-from edge.errors import EdgeError, NoFaceError
+from edge.errors import EdgeError, ModelError, NoFaceError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ OPENCV_PIN = "opencv-python-headless==4.11.0.86"
 TFLITE_RUNTIME_PIN = "tflite-runtime==2.14.0"
 DEFAULT_LITERT = "2.3.0"
 RUNTIMES = ("ai-edge-litert", "tflite-runtime")
+CHECKED_KINDS = ("embedder", "liveness")
 # Default pass rule per runtime: (largest int8 output difference, smallest cosine), x86 vs arm64.
 # ai-edge-litert (XNNPACK) is bit-exact between x86 and arm64, so any difference is a fault.
 # tflite-runtime 2.14 is not: its x86 and arm64 int8 kernels round differently (measured on
@@ -153,6 +159,7 @@ class RunResult:
     seconds: float = 0.0
     arm: dict = field(default_factory=dict)
     x86: dict = field(default_factory=dict)
+    argmax_flips: int | None = None  # liveness: faces whose most likely class differs from x86's
 
 
 # --------------------------------------------------------------------------- environment
@@ -382,9 +389,15 @@ def run_worker(python_cmd: list[str], env_extra: dict, bundle: Path, crops_file:
     return proc, _parse_worker(proc)
 
 
+def _final(outputs) -> np.ndarray:
+    """The worker's final outputs (embeddings or class probabilities; ``embeddings`` in older files)."""
+    names = getattr(outputs, "files", outputs)
+    return outputs["outputs" if "outputs" in names else "embeddings"].astype(np.float64)
+
+
 def compare(reference: np.lib.npyio.NpzFile, candidate: np.lib.npyio.NpzFile) -> dict:
     raw_ref, raw_arm = reference["raw"], candidate["raw"]
-    emb_ref, emb_arm = reference["embeddings"].astype(np.float64), candidate["embeddings"].astype(np.float64)
+    emb_ref, emb_arm = _final(reference), _final(candidate)
     if raw_ref.shape != raw_arm.shape:
         raise ValueError(f"output shapes differ: x86 {raw_ref.shape}, arm64 {raw_arm.shape}")
     integer = np.issubdtype(raw_ref.dtype, np.integer)
@@ -396,6 +409,7 @@ def compare(reference: np.lib.npyio.NpzFile, candidate: np.lib.npyio.NpzFile) ->
         "float_max_diff": float(np.max(np.abs(emb_ref - emb_arm))),
         "min_cosine": float(np.min(cosines)),
         "differing_values": int(np.count_nonzero(raw_ref != raw_arm)),
+        "argmax_flips": int(np.count_nonzero(emb_ref.argmax(axis=1) != emb_arm.argmax(axis=1))),
     }
 
 
@@ -405,13 +419,26 @@ def rule_for(runtime: str, int8_tolerance: int | None, min_cosine: float | None)
             default_cosine if min_cosine is None else min_cosine)
 
 
-def load_faces(faces: Path, limit: int | None, size: int) -> np.ndarray:
-    from edge_model.crops import build_crops
+def load_faces(faces: Path, limit: int | None, size: int, crop_scale: float | None = None) -> np.ndarray:
+    """Aligned crops (an embedder's), or liveness crops at ``crop_scale`` (a liveness model's)."""
+    from edge_model.crops import build_crops, build_liveness_crops
 
-    crop_set = build_crops([faces], size=size, limit=limit, cache_dir=REPO / ".cache" / "crops", progress=False)
+    cache = REPO / ".cache" / "crops"
+    if crop_scale is None:
+        crop_set = build_crops([faces], size=size, limit=limit, cache_dir=cache, progress=False)
+    else:
+        crop_set = build_liveness_crops([faces], crop_scale, size=size, limit=limit, cache_dir=cache, progress=False)
     if len(crop_set.crops) == 0:
         raise NoFaceError(f"no usable faces under {faces}")
     return crop_set.crops
+
+
+def _checked_bundle(bundle_dir: Path):
+    """The bundle, verified; only the kinds the worker runs (an OpenCV detector has no TFLite to compare)."""
+    bundle = load_bundle(bundle_dir)
+    if bundle.kind not in CHECKED_KINDS:
+        raise ModelError(f"check-arm runs {' and '.join(CHECKED_KINDS)} bundles; {bundle_dir} is a {bundle.kind}")
+    return bundle
 
 
 def _environment(cache: Path, qemu: str, mirror: str, runtimes: tuple[str, ...]) -> tuple[Path, dict, dict]:
@@ -434,6 +461,7 @@ class _Run:
     qemu: str
     root: Path  # the arm64 root
     bundle: Path
+    kind: str  # embedder or liveness
     crops_file: Path
     faces: int
     tmp: Path  # where the workers write their outputs
@@ -465,8 +493,9 @@ def _x86_references(run: _Run, runtimes: tuple[str, ...], host_sites: dict, timi
 
 
 def _judge(result: RunResult, stats: dict, runtime: str, int8_tolerance: int | None,
-           min_cosine: float | None) -> None:
-    """Record the x86-vs-arm64 figures on ``result`` and pass it by the runtime's rule (:func:`rule_for`)."""
+           min_cosine: float | None, kind: str = "embedder") -> None:
+    """Record the x86-vs-arm64 figures on ``result`` and pass it by the runtime's rule (:func:`rule_for`);
+    a liveness model must also keep every face's arg-max class."""
     result.int8_max_diff = stats["int8_max_diff"]
     result.float_max_diff = stats["float_max_diff"]
     result.min_cosine = stats["min_cosine"]
@@ -474,6 +503,9 @@ def _judge(result: RunResult, stats: dict, runtime: str, int8_tolerance: int | N
     tolerance, cosine_floor = rule_for(runtime, int8_tolerance, min_cosine)
     result.int8_tolerance, result.min_cosine_required = tolerance, cosine_floor
     ok = stats["int8_max_diff"] is None or tolerance is None or stats["int8_max_diff"] <= tolerance
+    if kind == "liveness":
+        result.argmax_flips = stats["argmax_flips"]
+        ok = ok and stats["argmax_flips"] == 0
     result.passed = bool(ok and stats["min_cosine"] >= cosine_floor)
 
 
@@ -512,7 +544,7 @@ def _arm_run(run: _Run, prefix: Path, profile: CpuProfile, emulated: str, runtim
             result.error = str(exc)
             stats = None
     if stats:
-        _judge(result, stats, runtime, run.int8_tolerance, run.min_cosine)
+        _judge(result, stats, runtime, run.int8_tolerance, run.min_cosine, run.kind)
     return result
 
 
@@ -527,13 +559,14 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
     timings: dict[str, float] = {}
     started = time.monotonic()
     qemu = find_qemu()
-    bundle = load_bundle(bundle_dir, expect_kind="embedder")
+    bundle = _checked_bundle(bundle_dir)
     size = int(bundle.input_spec.get("width", 112))
+    crop_scale = float(bundle.manifest["crop"]["scale"]) if bundle.kind == "liveness" else None
     root, sites, host_sites = _environment(cache, qemu, mirror, runtimes)
     timings["setup_s"] = round(time.monotonic() - started, 1)
 
     mark = time.monotonic()
-    crops = load_faces(faces, limit, size)
+    crops = load_faces(faces, limit, size, crop_scale)
     timings["crops_s"] = round(time.monotonic() - mark, 1)
 
     results: list[RunResult] = []
@@ -541,7 +574,8 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
         tmp = Path(tmp_name)
         crops_file = tmp / "crops.npy"
         np.save(crops_file, crops)
-        run = _Run(qemu, root, bundle.root, crops_file, len(crops), tmp, threads, timeout, int8_tolerance, min_cosine)
+        run = _Run(qemu, root, bundle.root, bundle.kind, crops_file, len(crops), tmp, threads, timeout,
+                   int8_tolerance, min_cosine)
         references = _x86_references(run, runtimes, host_sites, timings)
         with _locked(cache):
             prefixes = {name: make_prefix(cache, root, PROFILES[name]) for name in cpus}
@@ -558,6 +592,8 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
     return {
         "bundle": str(bundle.root),
         "model_id": bundle.model_id,
+        "kind": bundle.kind,
+        "crops": "aligned faces" if crop_scale is None else f"liveness crops (face box x{crop_scale:g})",
         "faces": int(len(crops)),
         "faces_from": str(faces),
         "threads": threads,
@@ -569,7 +605,8 @@ def check_arm(bundle_dir: Path, faces: Path = DEFAULT_FACES, cpus: tuple[str, ..
 
 def format_table(report: dict) -> str:
     header = f"{'runtime':<16} {'cpu':<5} {'qemu cpu':<11} {'int8 max diff':>13} {'float max diff':>15} {'min cosine':>11}  result"
-    lines = [f"{report['model_id']}: {report['faces']} aligned faces from {report['faces_from']}", header,
+    crops = report.get("crops", "aligned faces")
+    lines = [f"{report['model_id']}: {report['faces']} {crops} from {report['faces_from']}", header,
              "-" * len(header)]
     for r in report["results"]:
         int8 = "-" if r["int8_max_diff"] is None else str(r["int8_max_diff"])
@@ -579,6 +616,8 @@ def format_table(report: dict) -> str:
             verdict = "PASS" if not r["int8_max_diff"] else "PASS (not bit-exact; cosine rule)"
         elif r["error"]:
             verdict = "FAIL: " + r["error"]
+        elif r.get("argmax_flips"):
+            verdict = f"FAIL: {r['argmax_flips']} faces change class"
         else:
             verdict = "FAIL: outputs differ"
         lines.append(f"{r['runtime']:<16} {r['cpu']:<5} {r['qemu_cpu']:<11} {int8:>13} {flt:>15} {cos:>11}  {verdict}")
@@ -590,7 +629,8 @@ def format_table(report: dict) -> str:
 @click.command("check-arm")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--faces", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_FACES,
-              show_default=True, help="Folder of face images; aligned on x86 with the project's detector.")
+              show_default=True, help="Folder of face images; aligned (embedder) or cropped at the bundle's scale "
+                                      "(liveness) on x86 with the project's detector.")
 @click.option("--limit", type=int, default=16, show_default=True, help="Use at most this many images.")
 @click.option("--cpu", "cpus", type=click.Choice(sorted(PROFILES)), multiple=True,
               help="Pi model to emulate (repeatable; default pi4 and pi5): pi4 = cortex-a72 + Pi 4 cpuinfo, "
@@ -615,7 +655,8 @@ def command(bundle, faces, limit, cpus, runtimes, qemu_cpu, threads, int8_tolera
             cache_dir, mirror, as_json):
     """Run BUNDLE under qemu-aarch64 (Pi 4 / Pi 5 CPUs) and compare with x86, output by output.
 
-    Each arm64 run is compared with the same runtime on x86.  Exits 0 when every
+    BUNDLE is an embedder (aligned crops) or a liveness model (its scaled face crops; no face may change
+    class).  Each arm64 run is compared with the same runtime on x86.  Exits 0 when every
     runtime and CPU reproduces the x86 outputs (ai-edge-litert INT8: exactly),
     1 on a mismatch or crash, 65 when the bundle fails its sha256 check, 69 when
     the emulator cannot be set up.
