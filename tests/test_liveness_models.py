@@ -297,3 +297,47 @@ def test_known_minifasnet_guards_its_conventions(tmp_path):
     assert result.exit_code != 0 and "scaled 2.7x, not 4x" in result.output
     result = _convert(v2, "--quant", "fp32", "--out", tmp_path / "b")
     assert result.exit_code != 0 and "--kind liveness" in result.output
+
+
+# --------------------------------------------------------------------------- model tool checks
+
+
+@needs_samples
+def test_compare_liveness_finds_the_float_sources_and_no_flips(tmp_path):
+    from edge_model.cli import main
+
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["compare-liveness", str(V2), str(V1SE), "--set", f"upstream={SAMPLES}/*.jpg",
+                                       "--json", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (part,) = json.loads(out.read_text())["sets"]
+    assert part["faces"] == 3 and part["ensemble"]["threshold_flips"] == 0 and part["ensemble"]["argmax_flips"] == 0
+    assert part["ensemble"]["real_prob_max_diff"] < 0.01
+    assert [face["float_score"] < 0.5 for face in part["faces_detail"]] == [True, True, False]  # F1, F2, T1
+
+
+def test_check_arm_compares_classes_and_refuses_detectors():
+    from edge_model import check_arm
+
+    probs = np.array([[0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
+    moved = probs.copy()
+    moved[1] = [0.3, 0.6, 0.1]
+    stats = check_arm.compare({"raw": probs, "outputs": probs}, {"raw": moved, "outputs": moved})
+    assert stats["argmax_flips"] == 1 and stats["float_max_diff"] == pytest.approx(0.3)
+    with pytest.raises(ModelError, match="is a detector"):
+        check_arm._checked_bundle(MODELS / "yunet")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(n) for n in ("qemu-aarch64-static", "qemu-aarch64")),
+                    reason="qemu-user-static is not installed")
+def test_liveness_bundle_matches_x86_on_arm64():
+    from edge_model.cli import main
+
+    result = CliRunner().invoke(main, ["check-arm", str(V2), "--cpu", "pi5", "--runtime", "ai-edge-litert",
+                                       "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (row,) = report["results"]
+    assert report["kind"] == "liveness" and row["passed"] and row["argmax_flips"] == 0
+    assert row["arm"]["machine"] == "aarch64" and row["min_cosine"] > 0.9999
