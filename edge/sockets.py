@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -194,16 +195,34 @@ def resolve_uid(user: str) -> int:
 
 
 # -- framing -----------------------------------------------------------------------------------------
+MAX_DEPTH = 32
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string literal, escapes included: its brackets do not nest
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 def encode_line(obj: dict) -> bytes:
     """One JSON object as one line."""
     return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
 
 
+def _too_deep(line: bytes) -> bool:
+    """More than :data:`MAX_DEPTH` nested arrays/objects outside strings (stops counting right there)."""
+    depth = 0
+    for byte in _STRING.sub(b"", line).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
 def decode_line(line: bytes) -> dict:
     """One line as a JSON object; :class:`~edge.errors.ProtocolError` for anything else."""
+    # json's parser recurses in C, bounded only by the interpreter's recursion limit, which an imported
+    # library may have raised out of reach (onnx2tf sets it to 2**31 - 1): [[[[... then crashes the
+    # process instead of raising RecursionError.  No request nests that deep, so depth is refused first.
+    if _too_deep(line):
+        raise ProtocolError(f"not a JSON line: nested deeper than {MAX_DEPTH}")
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: [[[[... past the parser
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"not a JSON line: {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"a line must be a JSON object, not {type(obj).__name__}")

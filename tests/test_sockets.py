@@ -226,6 +226,22 @@ def test_anything_but_a_json_object_is_a_protocol_error(line):
         decode_line(line)
 
 
+def test_deep_nesting_is_refused_whatever_the_recursion_limit():
+    """onnx2tf raises the recursion limit to 2**31 - 1 at import; json's C parser then overflowed the stack
+    on [[[[... and took the whole process down (seen in the full test run)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.setrecursionlimit(2**31 - 1)\n"
+            "from edge.errors import ProtocolError\nfrom edge.sockets import decode_line\n"
+            "try:\n    decode_line(b'[' * 200_000)\nexcept ProtocolError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "nested deeper than" in result.stdout, (result.returncode, result.stderr)
+    assert decode_line(b'{"name": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"[[[{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{"}') == {
+        "name": '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["[[[{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{'}  # brackets in strings do not nest
+
+
 def test_encode_then_decode_is_one_line():
     line = encode_line({"op": "unlock", "person": "Ada\nLovelace"})
     assert line.endswith(b"\n") and line.count(b"\n") == 1
