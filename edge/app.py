@@ -47,8 +47,15 @@ class RunStats:
         return self.frames / elapsed if elapsed > 0 else 0.0
 
 
-DETECTORS = Registry("detector backend", "edge.detectors", {"opencv-yunet": "edge.detect:YuNetDetector"})
-EMBEDDERS = Registry("embedder backend", "edge.embedders", {"tflite": "edge.embedder:TFLiteEmbedder"})
+DETECTORS = Registry("detector backend", "edge.detectors", {
+    "opencv-yunet": "edge.detect:YuNetDetector",
+    "tflite-yunet": "edge.detect:YuNetTFLiteDetector",
+})
+EMBEDDERS = Registry("embedder backend", "edge.embedders", {
+    "tflite": "edge.embedder:TFLiteEmbedder",
+    "opencv-dnn": "edge.embedder:OnnxEmbedder",
+    "onnxruntime": "edge.embedder:OnnxRuntimeEmbedder",  # needs the optional onnxruntime (extra "onnx")
+})
 
 
 def build_detector(config: Config) -> Detector:

@@ -1,22 +1,28 @@
-"""Face embedders behind one small API; the TFLite backend runs full-INT8 models.
+"""Face embedders behind one small API.
 
 An embedder takes aligned BGR uint8 crops (see :mod:`edge.align`) and returns
 L2-normalised float32 embeddings, one row per crop.  How a model wants its
 input (size, colour order, normalisation) comes from its bundle manifest, so a
-new model needs a new bundle, not new code.
+new model needs a new bundle, not new code.  The manifest's ``backend`` names
+the class that runs it (:data:`edge.app.EMBEDDERS`): ``tflite``
+(:class:`TFLiteEmbedder`, full-INT8 or float), ``opencv-dnn``
+(:class:`OnnxEmbedder`, a float ONNX through OpenCV) and ``onnxruntime``
+(:class:`OnnxRuntimeEmbedder`, the same through the optional onnxruntime).
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from .bundle import Bundle
-from .errors import ModelError
+from .bundle import Bundle, sha256_file
+from .errors import ConfigError, ModelError, ModelFormatError
 from .runtime import load_interpreter
 
 log = logging.getLogger(__name__)
@@ -41,13 +47,12 @@ class Embedder(abc.ABC):
     embedding_size: int
     input_size: int
 
-    @classmethod
-    def from_config(cls, bundle: Bundle, config) -> "Embedder":
-        """Build the backend for ``bundle`` with the settings of ``config.embedder``.
+    runtime: str  # what runs the model, for the start-up log and reports
 
-        Backends the model tool builds directly (its float ONNX reference) do not override it.
-        """
-        raise ModelError(f"{cls.__name__} is a model-tool backend; a device bundle cannot select it")
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, bundle: Bundle, config) -> "Embedder":
+        """Build the backend for ``bundle`` with the settings of ``config.embedder``."""
 
     @abc.abstractmethod
     def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -144,3 +149,137 @@ class TFLiteEmbedder(Embedder):
         self._interpreter.invoke()
         output = self._dequantise(self._interpreter.get_tensor(self._out["index"]))
         return l2_normalise(output.reshape(batch.shape[0], -1))
+
+
+def _require_module(module: str, backend: str, install: str):
+    """Import an optional backend's module, or fail closed as :meth:`edge.registry.Registry.load` does.
+
+    Only ``module`` itself missing is "not installed" (a ConfigError that names it and how to install
+    it: a door whose bundle names this backend does not start without it); an installed module that
+    fails inside raises as it is.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise ConfigError(
+            f"embedder backend {backend!r} needs the module {module!r}, which is not installed; "
+            f"install it with {install}"
+        ) from None
+
+
+# What OpenCV's FaceRecognizerSF feeds SFace: RGB 0..255 NCHW, no mean or scale. A bare .onnx file the
+# model tool opens has no manifest, so it is fed this.
+SFACE_INPUT = {"width": 112, "height": 112, "channels": 3, "layout": "NCHW", "color": "RGB",
+               "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "dtype": "float32"}
+
+
+class OnnxEmbedder(Embedder):
+    """A float ONNX embedder through OpenCV's DNN module (backend ``opencv-dnn``: no extra dependency).
+
+    The input is prepared by :func:`preprocess` from the manifest's ``input`` spec (``layout`` NCHW
+    unless it says NHWC), like every other backend's.  ``model`` is a bundle, or a bare ``.onnx``
+    file for the model tool's float reference, which gets ``input_spec`` (default
+    :data:`SFACE_INPUT`, OpenCV's ``FaceRecognizerSF`` preprocessing) and a model id from the file.
+    """
+
+    engine = "opencv-dnn"
+
+    def __init__(self, model: Bundle | str | Path, threads: int = 2, input_spec: dict | None = None) -> None:
+        if isinstance(model, Bundle):
+            if model.kind != "embedder":
+                raise ModelError(f"{model.root} is a {model.kind}, not an embedder")
+            self.bundle = model
+            self.path = model.model_path
+            self.sha256 = model.sha256
+            self.model_id, self.legacy_model_id = model.model_id, model.legacy_model_id
+            self._spec = input_spec or model.input_spec or SFACE_INPUT
+            declared = model.embedding_size
+        else:
+            self.bundle = None
+            self.path = Path(model)
+            self.sha256 = sha256_file(self.path)
+            self.model_id = f"{self.path.stem}:{self.sha256[:16]}"
+            self._spec = input_spec or SFACE_INPUT
+            declared = None
+        self._threads = threads
+        self.input_size = int(self._spec.get("width", 112))
+        self._nchw = str(self._spec.get("layout", "NCHW")).upper() != "NHWC"
+        self._open()
+        probe = np.zeros((1, self.input_size, self.input_size, 3), np.uint8)
+        self.embedding_size = int(self._forward(preprocess(probe, self._spec)).shape[1])
+        if declared is not None and int(declared) != self.embedding_size:
+            raise ModelError(f"{self.path}: output size {self.embedding_size} but manifest says {declared}")
+
+    @classmethod
+    def from_config(cls, bundle: Bundle, config) -> "OnnxEmbedder":
+        e = config.embedder
+        if e.delegate:
+            log.warning("embedder.delegate %r is a TFLite delegate; the %s backend of %s runs without it",
+                        e.delegate, cls.engine, bundle.root)
+        return cls(bundle, e.threads)
+
+    def _open(self) -> None:
+        try:
+            self._net = cv2.dnn.readNetFromONNX(str(self.path))
+        except cv2.error as exc:
+            raise ModelFormatError(f"{self.path}: OpenCV cannot load this ONNX model: {exc}") from exc
+        self.runtime = f"opencv-dnn {cv2.__version__}"
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Float NHWC batch (already preprocessed) -> raw (N, D) outputs."""
+        blob = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if self._nchw else batch
+        previous = cv2.getNumThreads()
+        cv2.setNumThreads(self._threads)
+        try:
+            self._net.setInput(blob)
+            out = self._net.forward()
+        finally:
+            cv2.setNumThreads(previous)
+        return out.reshape(blob.shape[0], -1)
+
+    def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        return l2_normalise(self._forward(preprocess(crops, self._spec)))
+
+
+class OnnxRuntimeEmbedder(OnnxEmbedder):
+    """A float ONNX embedder through onnxruntime (backend ``onnxruntime``, the optional ``onnx`` extra).
+
+    onnxruntime is not a device dependency: it is imported when the backend is built, and a bundle
+    naming this backend on a unit without it stops start-up with a ConfigError saying what to install.
+    A model with a fixed batch size is run that many crops at a time.
+    """
+
+    engine = "onnxruntime"
+    INSTALL = "pip install 'onnxruntime>=1.17' (the edge-door extra: pip install '.[onnx]')"
+
+    def _open(self) -> None:
+        ort = _require_module("onnxruntime", self.engine, self.INSTALL)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: exported models warn about initializers per tensor
+        try:
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise ModelFormatError(f"{self.path}: onnxruntime cannot load this ONNX model: {exc}") from exc
+        (inp,) = self._session.get_inputs()
+        self._input_name = inp.name
+        batch = inp.shape[0] if inp.shape else None
+        self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.runtime = f"onnxruntime {ort.__version__}"
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        blob = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if self._nchw else batch
+        step = self._fixed_batch or len(blob)
+        outputs = []
+        for start in range(0, len(blob), step):
+            chunk = blob[start : start + step]
+            if len(chunk) < step:  # pad the last chunk of a fixed-batch model
+                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            out = self._session.run(None, {self._input_name: chunk.astype(np.float32, copy=False)})[0]
+            outputs.append(out.reshape(step, -1))
+        return np.concatenate(outputs)[: len(blob)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pytest
 
@@ -30,16 +31,25 @@ def resolve(target: str):
 @pytest.mark.parametrize("registry, base", [(DETECTORS, Detector), (EMBEDDERS, Embedder)])
 def test_every_model_backend_resolves_and_the_shipped_bundles_name_one(registry, base):
     for name in registry.names():
-        assert issubclass(registry.load(name), base)
+        cls = registry.load(name)  # no backend imports its optional runtime (onnxruntime) before it is built
+        assert issubclass(cls, base) and not inspect.isabstract(cls), name
     for bundle in ("yunet", "sface-int8", "student-int8"):
         loaded = load_bundle(MODELS / bundle)
         if loaded.kind == base.__name__.lower():
             assert loaded.backend in registry.names()
 
 
+def test_the_built_in_model_backends():
+    assert {"opencv-yunet", "tflite-yunet"} <= set(DETECTORS.names())
+    assert {"tflite", "opencv-dnn", "onnxruntime"} <= set(EMBEDDERS.names())
+
+
 def test_an_unknown_backend_in_a_manifest_is_a_config_error():
-    with pytest.raises(ConfigError, match="unknown embedder backend 'coral-magic'; choose one of tflite"):
+    with pytest.raises(ConfigError, match="unknown embedder backend 'coral-magic'; choose one of onnxruntime, "
+                                          "opencv-dnn, tflite"):
         EMBEDDERS.load("coral-magic")
+    with pytest.raises(ConfigError, match="unknown detector backend 'yolo'; choose one of opencv-yunet, tflite-yunet"):
+        DETECTORS.load("yolo")
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))

@@ -1,4 +1,4 @@
-"""YuNet as TFLite (INT8 / FP32, :mod:`edge_model.yunet_tflite`) against the ONNX model in OpenCV.
+"""YuNet as TFLite (INT8 / FP32 bundles from :mod:`edge_model.yunet_tflite`) against the ONNX model in OpenCV.
 
 Usage (from the repo root, after converting with ``--convert`` once)::
 
@@ -37,11 +37,11 @@ import numpy as np
 from edge.align import align_face
 from edge.bundle import load_bundle
 from edge.camera.base import make_lores
-from edge.detect import YuNetDetector
+from edge.detect import YuNetDetector, YuNetTFLiteDetector
 from edge.embedder import TFLiteEmbedder
 from edge.images import load_image
 from edge_model.crops import select_images
-from edge_model.yunet_tflite import LORES_SIZE, YuNetTFLiteDetector, lores_frame
+from edge_model.yunet_tflite import LORES_SIZE, lores_frame
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "yunet-tflite"
@@ -109,7 +109,9 @@ def compare(candidates: dict[str, Path], n_train: int, seed: int, repeats: int, 
     exclude = set(conversion.get("calibration_images", []))
     frames = build_frames(n_train, seed, exclude)
     reference = YuNetDetector(load_bundle(REPO / "models" / "yunet", expect_kind="detector"))
-    dets = {name: YuNetTFLiteDetector(path, threads=1) for name, path in candidates.items()}
+    # Each candidate through its sealed bundle, as a door unit whose manifest names tflite-yunet runs it.
+    dets = {name: YuNetTFLiteDetector(load_bundle(path.parent, expect_kind="detector"), threads=1)
+            for name, path in candidates.items()}
     embedder = TFLiteEmbedder(load_bundle(embedder_bundle, expect_kind="embedder"), threads=1)
     for frame in frames[:5]:  # warm-up
         reference.detect_image(frame["lores"])
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
         from edge_model.yunet_tflite import convert_yunet
 
         convert_yunet(ONNX, CACHE, [TRAIN], calib_count=200, seed=0, progress=False)
-    candidates = {q: CACHE / f"yunet-{q}-320x256.tflite" for q in ("int8", "fp32")}
+    candidates = {q: CACHE / f"yunet-{q}-320x256" / f"yunet-{q}-320x256.tflite" for q in ("int8", "fp32")}
     candidates = {k: v for k, v in candidates.items() if v.is_file()}
     if not candidates:
         parser.error(f"no converted models in {CACHE}; run with --convert")

@@ -16,10 +16,10 @@ next multiple of 32, bottom/right, zeros), so the two run the same network on
 the same pixels and their outputs are directly comparable; resizing to 320x256
 instead would change the aspect ratio, and 320x224 would crop the frame.
 
-:class:`YuNetTFLiteDetector` decodes the 12 outputs (cls/obj/bbox/kps at
-strides 8, 16, 32) as OpenCV's ``face_detect.cpp`` does (score =
-sqrt(cls * obj), anchor-free box and landmark offsets per grid cell) and runs
-``cv2.dnn.NMSBoxes``.
+Each quantisation is written as a sealed detector bundle whose manifest names
+the ``tflite-yunet`` backend, so a door unit can select it; the decoder that
+runs it is the runtime's :class:`edge.detect.YuNetTFLiteDetector` (re-exported
+here for the tool's comparisons).
 """
 
 from __future__ import annotations
@@ -35,34 +35,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.bundle import Bundle
-from edge.detect import Detector
+from edge.bundle import sha256_file, write_manifest
+from edge.detect import DIVISOR, OUTPUT_NAMES, STRIDES, YuNetTFLiteDetector, pad_frame, padded_size
 from edge.errors import EdgeError, ModelError
 from edge.images import load_image
-from edge.runtime import load_interpreter
-from edge.types import Face
+
+__all__ = ["DIVISOR", "LORES_SIZE", "OUTPUT_NAMES", "STRIDES", "YuNetTFLiteDetector", "convert_yunet",
+           "fixed_size_onnx", "frames_from", "lores_frame", "pad_frame", "padded_size", "write_yunet_bundle"]
 
 log = logging.getLogger(__name__)
 
 LORES_SIZE = (320, 240)  # (width, height) of the runtime's lores stream
-DIVISOR = 32
-STRIDES = (8, 16, 32)
-OUTPUT_NAMES = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
-
-
-def padded_size(width: int, height: int, divisor: int = DIVISOR) -> tuple[int, int]:
-    """The size FaceDetectorYN pads a frame to: each side up to the next multiple of ``divisor``."""
-    return ((width - 1) // divisor + 1) * divisor, ((height - 1) // divisor + 1) * divisor
-
-
-def pad_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Zero-pad ``image`` at the bottom/right to ``size`` (w, h), as face_detect.cpp does."""
-    h, w = image.shape[:2]
-    if (w, h) == tuple(size):
-        return image
-    if w > size[0] or h > size[1]:
-        raise ValueError(f"frame {w}x{h} is larger than the model input {size[0]}x{size[1]}")
-    return cv2.copyMakeBorder(image, 0, size[1] - h, 0, size[0] - w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
 
 
 def lores_frame(image: np.ndarray, rng: random.Random | None = None, size: tuple[int, int] = LORES_SIZE,
@@ -129,7 +112,12 @@ def convert_yunet(
     size: tuple[int, int] = LORES_SIZE,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Convert to TFLite at the padded lores size; writes ``yunet-<quant>-<w>x<h>.tflite`` + a JSON record."""
+    """Convert to TFLite at the padded lores size.
+
+    Writes one bundle folder ``yunet-<quant>-<w>x<h>/`` per quantisation (the ``.tflite`` and a sealed
+    manifest naming the ``tflite-yunet`` backend) and ``conversion.json``; the record's ``files`` are
+    the ``.tflite`` paths, its ``bundles`` the folders.
+    """
     import onnx
 
     from .convert import (
@@ -159,134 +147,46 @@ def convert_yunet(
     })
     work = Path(tempfile.mkdtemp(prefix="yunet-tflite-"))
     record: dict[str, Any] = {"source": str(onnx_path), "input": [1, height, width, 3], "calibration": calib.info,
-                              "calibration_images": used, "files": {}}
+                              "calibration_images": used, "files": {}, "bundles": {}}
     try:
         fixed = work / "yunet_fixed.onnx"
         onnx.save(fixed_size_onnx(Path(onnx_path), width, height), str(fixed))
         source = inspect_source(fixed)
         saved_model, _dynamic = onnx_to_saved_model(source, work, array[:8])
+        record["converter"] = _converter_versions("onnx")
         for quant in quants:
             tflite = quantise(lambda: make_converter(source, saved_model), quant, calib if quant == "int8" else None,
                               progress)
-            path = out_dir / f"yunet-{quant}-{width}x{height}.tflite"
+            name = f"yunet-{quant}-{width}x{height}"
+            bundle = out_dir / name
+            bundle.mkdir(parents=True, exist_ok=True)
+            path = bundle / f"{name}.tflite"
             path.write_bytes(tflite)
+            write_yunet_bundle(bundle, path.name, quant, Path(onnx_path), (width, height),
+                               calib.info if quant == "int8" else None, record["converter"])
             record["files"][quant] = str(path)
-        record["converter"] = _converter_versions("onnx")
+            record["bundles"][quant] = str(bundle)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (out_dir / "conversion.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
 
-# --------------------------------------------------------------------------- decoder / detector
-
-
-class YuNetTFLiteDetector(Detector):
-    """YuNet from a fixed-size TFLite file (int8 or float); same filters as :class:`edge.detect.YuNetDetector`."""
-
-    def __init__(
-        self,
-        model: Bundle | str | Path,
-        score_threshold: float = 0.8,
-        nms_threshold: float = 0.3,
-        min_face_size: int = 40,
-        top_k: int = 50,
-        threads: int = 1,
-        runtime: str = "auto",
-    ) -> None:
-        path = model.model_path if isinstance(model, Bundle) else Path(model)
-        self.score_threshold = score_threshold
-        self.nms_threshold = nms_threshold
-        self.min_face_size = min_face_size
-        self.top_k = top_k
-        self._interpreter, self.runtime = load_interpreter(path, threads, runtime)
-        self._in = self._interpreter.get_input_details()[0]
-        _, self.height, self.width, channels = (int(v) for v in self._in["shape"])
-        if channels != 3 or self.width % DIVISOR or self.height % DIVISOR:
-            raise ModelError(f"{path}: input {tuple(self._in['shape'])} is not a YuNet NHWC input")
-        self._outputs = self._map_outputs(path)
-        self._grids = {}
-        for s in STRIDES:
-            rows, cols = self.height // s, self.width // s
-            r, c = np.divmod(np.arange(rows * cols, dtype=np.float32), cols)
-            self._grids[s] = (c, r)
-
-    def _map_outputs(self, path: Path) -> dict[str, dict]:
-        """Output details by ONNX name (cls_8 ... kps_32), from the model's signature."""
-        details = {d["index"]: d for d in self._interpreter.get_output_details()}
-        signatures = self._interpreter.get_signature_list()
-        mapping: dict[str, dict] = {}
-        if signatures:
-            runner_outputs = self._interpreter._get_full_signature_list()[next(iter(signatures))]["outputs"]
-            for name, index in runner_outputs.items():
-                key = next((n for n in OUTPUT_NAMES if name == n or name.endswith(n)), None)
-                if key:
-                    mapping[key] = details[index]
-        missing = [n for n in OUTPUT_NAMES if n not in mapping]
-        if missing:
-            raise ModelError(f"{path}: outputs {', '.join(missing)} not found in the model signature")
-        return mapping
-
-    def _quantise(self, frame: np.ndarray) -> np.ndarray:
-        batch = frame[None].astype(np.float32)
-        if self._in["dtype"] == np.float32:
-            return batch
-        scale, zero = self._in["quantization"]
-        info = np.iinfo(self._in["dtype"])
-        return np.clip(np.round(batch / scale + zero), info.min, info.max).astype(self._in["dtype"])
-
-    def _output(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """Output ``name`` as float (cells, channels), optionally only ``rows`` (dequantised after the gather)."""
-        detail = self._outputs[name]
-        value = self._interpreter.get_tensor(detail["index"])[0]
-        value = value.reshape(-1, value.shape[-1]) if value.ndim > 1 else value.reshape(-1, 1)
-        if rows is not None:
-            value = value[rows]
-        if value.dtype != np.float32:
-            scale, zero = detail["quantization"]
-            value = (value.astype(np.float32) - zero) * scale
-        return value
-
-    def raw(self, image: np.ndarray) -> np.ndarray:
-        """FaceDetectorYN-style rows (x, y, w, h, 10 landmark coords, score) after NMS, unfiltered by size."""
-        h, w = image.shape[:2]
-        if w > self.width or h > self.height:
-            raise ModelError(f"frame {w}x{h} is larger than the detector input {self.width}x{self.height}")
-        self._interpreter.set_tensor(self._in["index"], self._quantise(pad_frame(image, (self.width, self.height))))
-        self._interpreter.invoke()
-        boxes, scores, kps_all = [], [], []
-        for s in STRIDES:
-            cls = np.clip(self._output(f"cls_{s}")[:, 0], 0.0, 1.0)
-            obj = np.clip(self._output(f"obj_{s}")[:, 0], 0.0, 1.0)
-            score = np.sqrt(cls * obj)
-            keep = np.nonzero(score >= self.score_threshold)[0]
-            if not len(keep):
-                continue
-            c, r = self._grids[s][0][keep], self._grids[s][1][keep]
-            bbox = self._output(f"bbox_{s}", keep)
-            kps = self._output(f"kps_{s}", keep).reshape(-1, 5, 2)
-            cx, cy = (c + bbox[:, 0]) * s, (r + bbox[:, 1]) * s
-            bw, bh = np.exp(bbox[:, 2]) * s, np.exp(bbox[:, 3]) * s
-            boxes.append(np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1))
-            kps_all.append(np.stack([(kps[..., 0] + c[:, None]) * s, (kps[..., 1] + r[:, None]) * s], axis=2))
-            scores.append(score[keep])
-        if not boxes:
-            return np.zeros((0, 15), np.float32)
-        boxes_a, scores_a = np.concatenate(boxes), np.concatenate(scores)
-        kps_a = np.concatenate(kps_all).reshape(-1, 10)
-        keep = cv2.dnn.NMSBoxes(boxes_a.tolist(), scores_a.tolist(), self.score_threshold, self.nms_threshold,
-                                1.0, self.top_k)
-        keep = np.asarray(keep, dtype=np.int64).reshape(-1)
-        return np.concatenate([boxes_a[keep], kps_a[keep], scores_a[keep, None]], axis=1).astype(np.float32)
-
-    def detect_image(self, image: np.ndarray, min_size: float | None = None) -> list[Face]:
-        min_size = self.min_face_size if min_size is None else min_size
-        faces = []
-        for row in self.raw(image):
-            x, y, w, h = (float(v) for v in row[:4])
-            if min(w, h) < min_size:
-                continue
-            faces.append(Face(box=(x, y, w, h), score=float(row[14]),
-                              landmarks=row[4:14].reshape(5, 2).astype(np.float32)))
-        faces.sort(key=lambda f: f.score, reverse=True)
-        return faces
+def write_yunet_bundle(root: Path, file: str, quant: str, source: Path, size: tuple[int, int],
+                       calibration: dict | None = None, converter: dict | None = None) -> Path:
+    """Seal ``root/file`` (a converted YuNet) as a detector bundle run by the ``tflite-yunet`` backend."""
+    width, height = size
+    manifest: dict[str, Any] = {
+        "name": Path(file).stem, "version": "2023mar", "kind": "detector", "file": file, "licence": "MIT",
+        "backend": "tflite-yunet", "runtime": "tflite (ai-edge-litert or tflite-runtime)",
+        "input": {"width": width, "height": height, "channels": 3, "layout": "NHWC", "color": "BGR",
+                  "dtype": "int8" if quant == "int8" else "float32",
+                  "padding": "smaller frames zero-padded bottom/right, as cv2.FaceDetectorYN pads them"},
+        "outputs": "cls/obj/bbox/kps at strides 8, 16, 32 (decoded by edge.detect.YuNetTFLiteDetector)",
+        "quantisation": {"type": quant, **({"converter": converter} if converter else {})},
+        "source_model": {"file": source.name, "sha256": sha256_file(source),
+                         "origin": "OpenCV Zoo, models/face_detection_yunet (Shiqi Yu et al.)", "licence": "MIT"},
+    }
+    if calibration is not None:
+        manifest["calibration"] = calibration
+    return write_manifest(root, manifest)
