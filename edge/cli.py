@@ -179,6 +179,23 @@ def check_config(config_path, target):
         click.echo(f"check-config: ok: {line}", err=True)
 
 
+def _detail(raw) -> str:
+    """The audit row's detail (a face check's name, score and reason; an actuation's reply) as key=value."""
+    if not raw:
+        return ""
+    try:
+        detail = json.loads(raw)
+    except ValueError:
+        return f" detail={raw!r}"
+    parts = []
+    for key, value in detail.items():
+        if value is None or value is False:
+            continue
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        parts.append(f"{key}={shown!r}" if " " in shown else f"{key}={shown}")
+    return (" " + " ".join(parts)) if parts else ""
+
+
 @main.command()
 @config_option
 @click.option("--limit", default=20, show_default=True)
@@ -199,7 +216,7 @@ def events(config_path, limit, kind, name, follow):
                 when = datetime.datetime.fromtimestamp(row["ts"]).isoformat(timespec="seconds")
                 dist = "" if row["distance"] is None else f" distance={row['distance']:.3f}"
                 who = f" name={row['name']}" if row["name"] else ""
-                click.echo(f"{when} {row['kind']}{who}{dist}")
+                click.echo(f"{when} {row['kind']}{who}{dist}{_detail(row.get('detail'))}")
                 last_id = row["id"]
             if not follow:
                 break
@@ -223,7 +240,11 @@ def models(config_path):
     if config.gallery_path().exists():
         with Gallery(config.gallery_path(), create=False) as gallery:
             gallery_models = gallery.model_counts()
+    from .checks import check_names
+
     selected = {config.embedder.model, config.detector.model, config.embedder.confirm_model} - {""}
+    if "liveness" in check_names(config):
+        selected |= {name.strip() for name in config.liveness.models.split(",")} - {""}
     broken = []
     installed: set[str] = set()
     for folder in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
@@ -233,6 +254,7 @@ def models(config_path):
             state = "ok"
             model_id = bundle.model_id
             kind = bundle.kind
+            licence = bundle.manifest.get("licence", "?")
             # A gallery enrolled before manifests were sealed records the legacy id until the next start.
             ids = {model_id, bundle.legacy_model_id}
         except ModelError as exc:
@@ -241,8 +263,9 @@ def models(config_path):
             try:
                 manifest = read_manifest(folder)
                 model_id, kind = manifest.get("name", folder.name), manifest.get("kind", "?")
+                licence = manifest.get("licence", "?")
             except ModelError:
-                model_id, kind = folder.name, "?"
+                model_id, kind, licence = folder.name, "?", "?"
             ids = {model_id}
         installed |= ids
         marks = []
@@ -253,7 +276,8 @@ def models(config_path):
         samples = sum(gallery_models.get(i, 0) for i in ids)
         if samples:
             marks.append(f"gallery: {samples} samples")
-        click.echo(f"{folder.name}\t{kind}\t{model_id}\t{state}" + (f"\t[{'; '.join(marks)}]" if marks else ""))
+        click.echo(f"{folder.name}\t{kind}\t{model_id}\t{state}\tlicence: {licence}"
+                   + (f"\t[{'; '.join(marks)}]" if marks else ""))
     for model_id, count in gallery_models.items():
         if model_id not in installed:
             click.echo(f"(gallery holds {count} samples of {model_id}, which is not installed)")

@@ -103,7 +103,7 @@ class DecisionConfig:
     confirm_threshold: float = _field(
         0.0, lo=0.0, hi=2.0, doc="two-stage: L2 threshold of the confirming model; 0 uses its manifest's tuned value"
     )
-    face_checks: str = _field("", doc="comma-separated face checks (edge.checks registry) run before "
+    face_checks: str = _field("liveness", doc="comma-separated face checks (edge.checks registry) run before "
                                               "embedding; a face one turns down never counts towards a grant; "
                                               "empty: none (a photo or a phone screen can then open the door)")
 
@@ -112,10 +112,10 @@ class DecisionConfig:
 class LivenessConfig:
     """The ``liveness`` face check: passive presentation-attack detection (MiniFASNet) before the match."""
 
-    models: str = _field("minifasnet-v2-int8,minifasnet-v1se-int8",
+    models: str = _field("minifasnet-v2-fp16,minifasnet-v1se-fp16",
                          doc="comma-separated liveness bundles (names under models_dir or paths); their real-face "
                              "probabilities are averaged")
-    threshold: float = _field(0.5, lo=0.0, hi=1.0,
+    threshold: float = _field(0.3, lo=0.0, hi=1.0,
                               doc="a face whose averaged real-face probability is below this is a presentation "
                                   "attack; tune it on this door's camera with edge liveness-tune")
     threads: int = _field(1, lo=1, hi=16, doc="XNNPACK threads of each liveness model")

@@ -3,7 +3,8 @@
     .venv/bin/python tools/bench_runtime.py [--embedder models/sface-int8] [--repeat 30]
 
 Stages: JPEG decode of a 640x480 frame, YuNet at 320x240 and 640x480, alignment,
-embedding of 1 face and of a batch of 16 (1 and 2 threads), matching one
+embedding of 1 face and of a batch of 16 (1 and 2 threads), the liveness check
+of 1 face beside the embedder, one whole frame with and without it, matching one
 embedding against 1,000 and 10,000 identities (5 samples each).  Medians and
 p90 over ``--repeat`` runs after a warm-up; compare rows with each other, not
 with another machine.  Also: process RSS and, with --startup, the wall time of
@@ -35,6 +36,10 @@ from edge.embedder import TFLiteEmbedder  # noqa: E402
 from edge.gallery import Gallery  # noqa: E402
 from edge.images import decode_image  # noqa: E402
 from edge.matcher import Matcher  # noqa: E402
+from edge.checks import LivenessCheck  # noqa: E402
+from edge.config import default_config  # noqa: E402
+from edge.pipeline import analyse_frame  # noqa: E402
+from edge.types import Frame  # noqa: E402
 
 
 def timeit(fn, repeat: int) -> dict:
@@ -108,6 +113,22 @@ def main(embedder_path, repeat, startup, as_json):
         result["per_face_ms"] = result["median_ms"] / 16
         rows.append((f"embed batch 16, {threads} thread(s)", result))
     query = embedder.embed([crop])
+    # Liveness beside the embedder, and what it adds to a whole frame (detect, check, align, embed, match).
+    config = default_config()
+    liveness = LivenessCheck.from_config(config)
+    single = TFLiteEmbedder(bundle, threads=1)
+    one_face = Frame(0, 0.0, frame, small, frame.shape[1] / small.shape[1])
+    rows.append((f"liveness 1 face ({len(liveness.ensemble.models)} models, {config.liveness.threads} thread)",
+                 timeit(lambda: liveness.check(one_face, [face]), repeat)))
+    rows.append(("embed 1 face, 1 thread (same run)", timeit(lambda: single.embed([crop]), repeat)))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        gallery = gallery_of(100, single.embedding_size, single.model_id, tmp)
+        matcher = Matcher(gallery, single.model_id, 1.0)
+        for label, checks in (("no face check", []), ("liveness check", [liveness])):
+            rows.append((f"frame loop, 1 face, {label}",
+                         timeit(lambda: analyse_frame(one_face, detector, single, matcher, checks=checks), repeat)))
+        gallery.close()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for size in (1000, 10000):

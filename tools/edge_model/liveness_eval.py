@@ -32,7 +32,7 @@ SHARED = REPO.parent / "shared"
 CFP = SHARED / "faces" / "eval" / "cfp" / "Data" / "Images"
 UTK = SHARED / "faces" / "train" / "utkface"
 UPSTREAM = SHARED / "models" / "minifasnet" / "samples"
-DEFAULT_BUNDLES = ("minifasnet-v2-int8", "minifasnet-v1se-int8")
+DEFAULT_BUNDLES = ("minifasnet-v2-fp16", "minifasnet-v1se-fp16")
 
 
 def _sample(paths: list[Path], count: int, rng: np.random.Generator) -> list[Path]:

@@ -1,0 +1,169 @@
+"""The shipped liveness check at the door: real models, real faces, the upstream attack samples, as processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import default_config, load_config
+
+from .conftest import MODELS, ROOT
+
+SAMPLES = ROOT.parent / "shared" / "models" / "minifasnet" / "samples"
+pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/models/minifasnet is not present")
+LIVENESS_BUNDLES = [name.strip() for name in default_config().liveness.models.split(",")]
+
+
+def edge(*args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def hand_held(image: np.ndarray, count: int, seed: int = 0) -> list[np.ndarray]:
+    """The same picture moved a little by hand between frames (shift, turn, scale), re-encoded like a camera's."""
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    frames = []
+    for _ in range(count):
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-4, 4), rng.uniform(0.95, 1.05))
+        matrix[:, 2] += rng.uniform(-12, 12, 2)
+        moved = cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
+        frames.append(cv2.imdecode(cv2.imencode(".jpg", moved, [cv2.IMWRITE_JPEG_QUALITY, 88])[1], cv2.IMREAD_COLOR))
+    return frames
+
+
+def door_config(tmp_path, replay, models_dir=MODELS, **decision):
+    """A unit whose camera replays ``replay`` and whose gallery holds the upstream real sample's person."""
+    lines = [f'state_dir = "{tmp_path / "state"}"', f'models_dir = "{models_dir}"',
+             "[camera]", 'source = "replay"', f'path = "{replay}"', "fps = 0.0",
+             "[decision]", *(f"{k} = {json.dumps(v)}" for k, v in decision.items())]
+    path = tmp_path / "edge.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture()
+def enrolled(tmp_path):
+    def make(replay_frames, **decision):
+        replay = tmp_path / "replay"
+        replay.mkdir(exist_ok=True)
+        for i, frame in enumerate(replay_frames):
+            cv2.imwrite(str(replay / f"{i:03d}.jpg"), frame)
+        config = door_config(tmp_path, replay, **decision)
+        # Enrollment from a photo file stays allowed: operators enroll from photos.
+        added = edge("enroll", "files", "Upstream Sample", SAMPLES / "image_T1.jpg", "-c", config)
+        assert added.returncode == 0, added.stderr
+        return config
+    return make
+
+
+def test_edge_liveness_judges_the_upstream_samples(tmp_path):
+    empty = ROOT / "edge" / "demo" / "replay" / "000_empty.jpg"
+    result = edge("liveness", SAMPLES / "image_F1.jpg", SAMPLES / "image_F2.jpg", SAMPLES / "image_T1.jpg", empty)
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(p.rsplit("/", 1)[-1], verdict) for p, verdict, _ in lines] == [
+        ("image_F1.jpg", "attack"), ("image_F2.jpg", "attack"), ("image_T1.jpg", "real")]
+    scores = [float(score) for _, _, score in lines]
+    assert scores[0] < 0.5 and scores[1] < 0.1 and scores[2] > 0.9
+    assert result.returncode == 65 and "000_empty.jpg: no face found" in result.stderr
+
+
+def test_a_phone_screen_of_an_enrolled_person_never_opens_the_door(enrolled):
+    screen = cv2.imread(str(SAMPLES / "image_F2.jpg"))
+    config = enrolled(hand_held(screen, 24))
+    result = edge("run", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    decisions = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [d["outcome"] for d in decisions] == ["spoof"], decisions
+    spoof = decisions[0]
+    assert spoof["check"] == "liveness" and spoof["score"] < 0.5 and "photo or a screen" in spoof["reason"]
+    with_no_check = edge("run", "-c", door_config(config.parent, config.parent / "replay", face_checks=""), "--json")
+    outcomes = [json.loads(line)["outcome"] for line in with_no_check.stdout.splitlines()]
+    assert "granted" in outcomes, "the screen matches the enrolled person: without the check it would open the door"
+    audit = edge("events", "-c", config, "--kind", "spoof")
+    assert audit.returncode == 0 and "spoof" in audit.stdout and "liveness" in audit.stdout, audit.stdout
+
+
+def test_the_enrolled_person_in_person_is_let_in(enrolled):
+    real = cv2.imread(str(SAMPLES / "image_T1.jpg"))
+    config = enrolled(hand_held(real, 12, seed=1))
+    result = edge("run", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    outcomes = [json.loads(line)["outcome"] for line in result.stdout.splitlines()]
+    assert outcomes[:1] == ["granted"], outcomes
+
+
+def test_a_tampered_liveness_bundle_stops_the_start(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models, ignore=shutil.ignore_patterns("eval", "*.png"))
+    bundle = models / LIVENESS_BUNDLES[0]
+    model_file = next(p for p in bundle.iterdir() if p.suffix == ".tflite")
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    config = door_config(tmp_path, ROOT / "edge" / "demo" / "replay", models_dir=models)
+    for command in (["run"], ["check-config"]):
+        result = edge(*command, "-c", config)
+        assert result.returncode == 65, (command, result.stderr)
+        assert "fails its integrity check" in result.stderr and "granted" not in result.stdout
+
+
+def test_repeated_attacks_raise_an_alert(enrolled, tmp_path):
+    screen = cv2.imread(str(SAMPLES / "image_F2.jpg"))
+    empty = cv2.imread(str(ROOT / "edge" / "demo" / "replay" / "000_empty.jpg"))
+    visits = []
+    for seed in range(3):  # three attempts, the scene empty in between
+        visits += hand_held(screen, 6, seed=seed) + [empty] * 6
+    config = enrolled(visits)
+    result = edge("run", "-c", config, "--json")
+    decisions = [json.loads(line) for line in result.stdout.splitlines()]
+    spoofs = [d for d in decisions if d["outcome"] == "spoof"]
+    assert len(spoofs) == 3 and [d["alert"] for d in spoofs] == [False, False, True]
+    assert not any(d["outcome"] == "granted" for d in decisions)
+
+
+def test_live_enrollment_refuses_a_screen_through_the_control_socket(tmp_path, detector, embedder):
+    """The person at the door hears, through edge enroll's socket, that a screen is not them."""
+    from edge.checks import LivenessCheck
+    from edge.enrollment.control import ControlClient, ControlServer
+    from edge.pipeline import FrameResult, run_checks
+    from edge.types import Frame
+
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="edge-", dir="/tmp")  # unix socket paths must stay short
+    try:
+        config_path = tmp_path / "edge.toml"
+        config_path.write_text(f'state_dir = "{tmp_path / "state"}"\nmodels_dir = "{MODELS}"\n'
+                               f'[enrollment]\nsocket_path = "{short}/control.sock"\nmin_sample_interval = 0.0\n')
+        config = load_config(config_path)
+        check = LivenessCheck.from_config(config)
+        server = ControlServer(config, embedder, lambda: 1.0).start()
+        events = []
+        client = threading.Thread(target=lambda: events.extend(ControlClient(server.path).connect().request(
+            {"op": "enroll", "name": "Visitor", "samples": 1, "timeout": 3})))
+        client.start()
+        try:
+            while server._active is None:
+                time.sleep(0.05)
+            for i, image in enumerate(hand_held(cv2.imread(str(SAMPLES / "image_F2.jpg")), 3)):
+                frame = Frame(i, 100.0 + i, image, image, 1.0, "test")
+                passed, refused = run_checks(frame, detector.detect_image(image), [check])
+                assert not passed
+                server.on_frame(FrameResult(frame, (), (), refused=tuple(refused)))
+            client.join(60)  # the session times out: a screen never becomes a sample
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    reasons = [e["reasons"][0] for e in events if e["event"] == "rejected"]
+    assert reasons and {r["code"] for r in reasons} == {"spoof"}
+    assert "photo or a screen, not a live face" in reasons[0]["message"]
