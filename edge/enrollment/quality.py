@@ -18,8 +18,11 @@ and, across the samples of one session (:class:`SessionGuard`),
 
 Eyes closed cannot be told from 5 landmarks: YuNet places the eye points on
 closed eyes as well.  The gates that approximate it are pose (turned away)
-and the detector score; the measured pass rates of the defaults are in the
-enrollment section of the README / closing note of issue 6.
+and the detector score.  ``python -m edge.enrollment.measure`` measures the
+defaults' pass rates (how they were chosen); on 300 images per set (seed 0):
+UTKFace photos 91% pass, clean door-like frames with a 200 px face 97%,
+Gaussian blur s=2.5 65%, 15 px motion blur 41%, dark or bright frames, a
+~55 px face (28%), a face filling the frame and two faces are turned away.
 """
 
 from __future__ import annotations

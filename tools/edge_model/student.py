@@ -1,19 +1,24 @@
 """The NNS2-class student: a tiny Inception-style face embedder, and a MAC counter for it.
 
-Layout (default ``width=1.0``, 112x112 input, ~35M multiply-adds per face):
+Layout of ``StudentConfig()`` (``width=1.0``, 112x112 input, 37.0M multiply-adds
+per face by :func:`count_macs`; :func:`describe_architecture` prints these lines
+for any config, and the shipped models/student-int8 is this one):
 
-    stem   conv3x3/2 (3->24) ... 56x56, depthwise-separable 24->32
-    stage  Inception-ResNet reduction 32->64 (28x28), 2 x Inception-ResNet 64
-    stage  reduction 64->96 (14x14), 3 x Inception-ResNet 96
-    stage  reduction 96->128 (7x7), 1 x Inception-ResNet 128
-    head   1x1 conv 128->256, global depthwise 7x7 (GDC), linear 256->128, BatchNorm
+    stem   3x3/2 conv 3->16, depthwise 3x3, 1x1 16->32            56x56
+    stage  reduction Inception 32->64, 2 x Inception-ResNet 64     28x28
+    stage  reduction Inception 64->128, 3 x Inception-ResNet 128   14x14
+    stage  reduction Inception 128->224, 2 x Inception-ResNet 224  7x7
+    head   1x1 224->512, global depthwise 7x7 (GDC), linear 512->128, BatchNorm
 
-Each Inception block runs four parallel branches - 1x1; 1x1 -> depthwise 3x3;
-1x1 -> depthwise 3x3 -> depthwise 3x3 (the "double 3x3"); 3x3 max-pool -> 1x1 -
-concatenates them and merges with a linear 1x1; stride-1 blocks add the input
-back (Inception-ResNet).  Only Conv/BatchNorm/ReLU6/MaxPool/Add/Concat, which
-fold and quantise cleanly to full-INT8 TFLite.  :func:`fold_batchnorm` returns
-an equivalent network without BatchNorm for export.
+A stride-1 Inception block runs four parallel branches - 1x1; 1x1 -> depthwise
+3x3; 1x1 -> depthwise 3x3 -> depthwise 3x3 (the "double 3x3"); 3x3 max-pool ->
+1x1 - whose widths add up to the block's output and are concatenated (no merge
+convolution); with equal input and output widths it adds its input back
+(Inception-ResNet).  A reduction (stride-2) block drops the plain 1x1 branch and
+runs its depthwise 3x3 at stride 2 before the 1x1s.  Only
+Conv/BatchNorm/ReLU6/Pad/MaxPool/Add/Concat, which fold and quantise cleanly to
+full-INT8 TFLite.  :func:`fold_batchnorm` returns an equivalent network without
+BatchNorm for export.
 
 The 128-D output is the pre-normalisation embedding; like the SFace bundle the
 runtime (:class:`edge.embedder.TFLiteEmbedder`) L2-normalises it.  Training and
