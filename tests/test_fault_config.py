@@ -48,7 +48,7 @@ def nested(key: str, value) -> dict:
 
 
 def test_every_float_key_is_known_to_the_suite():
-    # The list: a new float key must not escape the non-finite checks below.
+    # Every float key of the config: a new one must not escape the non-finite checks below.
     for key in ["door.pulse_seconds", "decision.cooldown_seconds", "door.lockout_seconds", "decision.threshold",
                 "decision.margin", "decision.window_seconds", "decision.confirm_threshold",
                 "door.flood_window_seconds", "enrollment.min_sharpness", "camera.read_timeout"]:

@@ -3,7 +3,7 @@
 ``edge-model convert`` quantises after training (PTQ): weights per output channel,
 symmetric, to [-127, 127]; every op output per tensor, asymmetric, to [-128, 127]
 with ranges from calibration images.  When that costs the student more than the
-issue's 0.3 points, fine-tuning with the same rounding in the forward pass lets the
+0.3 CFP-FF points a quantised bundle may lose, fine-tuning with the same rounding in the forward pass lets the
 weights settle where rounding hurts less.  The simulation here follows the TFLite
 graph of the student:
 

@@ -691,7 +691,7 @@ def _student_config(input_size: int, width: float, stages: str | None, head: int
 
 
 def _report_cost(config: StudentConfig, input_size: int) -> None:
-    """Say what a face costs before any training starts, and warn over the issue's 40M multiply-adds."""
+    """Say what a face costs before any training starts, and warn over the 40M multiply-adds an NNS2-class embedder may cost."""
     info = count_macs(Student(config), input_size)
     click.echo(f"student: {info['macs'] / 1e6:.2f}M multiply-adds per face, {info['params'] / 1e6:.3f}M parameters, "
                f"input {input_size}x{input_size}")
