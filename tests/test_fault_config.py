@@ -92,7 +92,7 @@ def test_a_huge_config_value_is_cut_in_the_message(tmp_path, table, key):
 @pytest.fixture()
 def models_copy(tmp_path):
     root = tmp_path / "models"
-    for name in ("sface-int8", "yunet", "student-int8"):
+    for name in ("sface-int8", "yunet", "student-int8", "minifasnet-v2-fp16", "minifasnet-v1se-fp16"):
         shutil.copytree(MODELS / name, root / name)
     return root
 

@@ -25,7 +25,7 @@ from edge.config import DEMO_DIR
 from edge.detect import YuNetDetector
 from edge.images import load_image
 
-from .attacks import SPECIES, attack_frame
+from .attacks import SPECIES, attack_frame, hand_held
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -66,6 +66,32 @@ def _summary(name: str, scores: list[float | None], attack: bool, threshold: flo
     return out
 
 
+def visit_passes(scores: list[float | None], threshold: float, config) -> bool:
+    """Would the device's decider grant this visit if every live-judged frame matched an enrolled person?
+
+    Frames run through :class:`edge.decide.Decider` with the door's k/n/window: a frame at or above the
+    threshold is an accepted match, one below it an attack verdict, one without a face an empty frame.
+    The identity is assumed to match, so this isolates what the liveness check alone lets through.
+    """
+    from edge.decide import Decider
+    from edge.types import Match, Outcome, Verdict
+
+    d = config.decision
+    decider = Decider(d.frames_required, d.window_frames, d.window_seconds, d.cooldown_seconds)
+    match = Match(1, "enrolled", 0.5, 2.0, 1.0, 0.0)
+    attack = Verdict("liveness", False, 0.0, "attack", attack=True)
+    for i, score in enumerate([None] * d.window_frames + list(scores)):  # the scene was empty before the visit
+        if score is None:
+            decision = decider.update(i, i * 0.1, [])
+        elif score >= threshold:
+            decision = decider.update(i, i * 0.1, [match])
+        else:
+            decision = decider.update(i, i * 0.1, [], [attack])
+        if decision is not None and decision.outcome is Outcome.GRANTED:
+            return True
+    return False
+
+
 def _plot(sets: list[dict], threshold: float, path: Path) -> None:
     import matplotlib
 
@@ -75,9 +101,15 @@ def _plot(sets: list[dict], threshold: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     bins = np.linspace(0, 1, 41)
     for entry in sets:
-        if entry.get("scores"):
-            ax.hist(entry["scores"], bins=bins, histtype="step", density=True, linewidth=1.6,
-                    linestyle="-" if entry["kind"] == "real" else "--", label=f"{entry['set']} ({entry['faces']})")
+        scores = entry.get("scores")
+        if not scores:
+            continue
+        label = f"{entry['set']} ({entry['faces']})"
+        if len(scores) < 10:  # a density of one or two images says nothing: mark them on the axis
+            ax.plot(scores, [0.2] * len(scores), "v" if entry["kind"] == "attack" else "^", markersize=9, label=label)
+            continue
+        ax.hist(scores, bins=bins, histtype="step", density=True, linewidth=1.6,
+                linestyle="-" if entry["kind"] == "real" else "--", label=label)
     ax.axvline(threshold, color="k", linewidth=1)
     ax.set_xlabel("averaged real-face probability (MiniFASNetV2 + V1SE)")
     ax.set_ylabel("density")
@@ -96,11 +128,13 @@ def _plot(sets: list[dict], threshold: float, path: Path) -> None:
 @click.option("--utk", "utk_count", type=int, default=300, show_default=True, help="UTKFace crops (real).")
 @click.option("--synthetic", "synthetic_count", type=int, default=300, show_default=True,
               help="Synthetic attacks of each species, from CFP frontal photos.")
+@click.option("--visits", "visit_count", type=int, default=60, show_default=True,
+              help="Hand-held attack visits of each species (10 frames each) run through the decider.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @boundary
-def command(bundles, threshold, cfp_count, utk_count, synthetic_count, seed, json_path, plot):
+def command(bundles, threshold, cfp_count, utk_count, synthetic_count, visit_count, seed, json_path, plot):
     """Measure BPCER on real faces and APCER on upstream and synthetic attacks."""
     from edge.config import default_config
     from edge.liveness import load_liveness
@@ -136,12 +170,39 @@ def command(bundles, threshold, cfp_count, utk_count, synthetic_count, seed, jso
             scores = [score_image(attack_frame(load_image(f), species, rng), detector, ensemble)
                       for f in tqdm(sources, desc=f"synthetic-{species}", leave=False)]
             sets.append(_summary(f"synthetic-{species}", scores, True, threshold, thresholds))
+    # Whole visits: a hand-held print or screen over 10 frames, and the demo replay's visits, through the decider.
+    visits = []
+    if frontal and visit_count:
+        sources = _sample(frontal, visit_count, np.random.default_rng(seed + 2))
+        for species in SPECIES:
+            granted = 0
+            for f in tqdm(sources, desc=f"visits-{species}", leave=False):
+                frames = hand_held(load_image(f), species, 10, rng)
+                granted += visit_passes([score_image(im, detector, ensemble) for im in frames], threshold, config)
+            visits.append({"set": f"synthetic-{species} visits (10 frames, hand-held)", "kind": "attack",
+                           "visits": len(sources), "passed": granted,
+                           "APCER": round(granted / len(sources), 4)})
+    demo_frames = sorted((DEMO_DIR / "replay").glob("*.jpg"))
+    demo_visits, current = [], []
+    for path in demo_frames:
+        if "empty" in path.name:
+            if current:
+                demo_visits.append(current)
+            current = []
+        else:
+            current.append(score_image(load_image(path), detector, ensemble))
+    if current:
+        demo_visits.append(current)
+    passed = sum(visit_passes(v, threshold, config) for v in demo_visits)
+    visits.append({"set": "demo-replay visits", "kind": "real", "visits": len(demo_visits), "passed": passed,
+                   "BPCER": round(1 - passed / max(len(demo_visits), 1), 4)})
     report = {
         "threshold": threshold, "thresholds": thresholds.tolist(),
         "bundles": [{"name": m.name, "model_id": m.model_id, "scale": m.scale} for m in ensemble.models],
         "detector": "models/yunet (YuNet 2023mar), largest face per image",
         "seed": seed, "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
-        "sets": sets,
+        "decider": {k: getattr(config.decision, k) for k in ("frames_required", "window_frames", "window_seconds")},
+        "sets": sets, "visits": visits,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=1) + "\n")
@@ -152,6 +213,10 @@ def command(bundles, threshold, cfp_count, utk_count, synthetic_count, seed, jso
         median = entry.get("quantiles", {}).get("0.5")
         click.echo(f"{entry['set']:<40} {entry['faces']:>4}/{entry['images']:<4} faces  {label} {shown:>8}  "
                    f"median score {median}")
+    for entry in visits:
+        label = "BPCER" if entry["kind"] == "real" else "APCER"
+        click.echo(f"{entry['set']:<40} {entry['passed']:>4}/{entry['visits']:<4} passed  {label} "
+                   f"{100 * entry[label]:.2f} % (per visit)")
     if plot is not None:
         _plot(sets, threshold, plot)
         click.echo(f"plot: {plot}")
