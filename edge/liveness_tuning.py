@@ -115,8 +115,9 @@ def choose_threshold(presentations: Sequence[Presentation], bpcer_target: float 
     real, attacks = split(presentations)
     if len(real) == 0:
         raise TuningError("no real-face presentations recorded: record the door's own people first (--label real)")
-    # Candidate thresholds: just above each real score, so BPCER steps exactly at recorded values.
-    candidates = sorted({0.0, *np.nextafter(real, 2.0).clip(0.0, 1.0).tolist()})
+    # A face scoring exactly the threshold is judged real, so the recorded real scores are the thresholds at
+    # which BPCER steps: the highest one within the target leaves at most that share of real frames below.
+    candidates = sorted({0.0, *real.clip(0.0, 1.0).tolist()})
     best = error_rates(real, attacks, 0.0)
     for t in candidates:
         point = error_rates(real, attacks, float(t))

@@ -167,3 +167,64 @@ def test_live_enrollment_refuses_a_screen_through_the_control_socket(tmp_path, d
     reasons = [e["reasons"][0] for e in events if e["event"] == "rejected"]
     assert reasons and {r["code"] for r in reasons} == {"spoof"}
     assert "photo or a screen, not a live face" in reasons[0]["message"]
+
+
+def test_two_stage_and_liveness_work_together(enrolled):
+    """The cheap screen, the liveness check and the accurate confirmer: the screen never grants, the person does."""
+    two_stage = {"confirm_threshold": 0.0, "threshold": 1.25}
+    screen = cv2.imread(str(SAMPLES / "image_F2.jpg"))
+    real = cv2.imread(str(SAMPLES / "image_T1.jpg"))
+    empty = cv2.imread(str(ROOT / "edge" / "demo" / "replay" / "000_empty.jpg"))
+    config = enrolled(hand_held(screen, 10) + [empty] * 6 + hand_held(real, 10, seed=3), **two_stage)
+    text = config.read_text().replace("[decision]", '[embedder]\nmodel = "student-int8"\nconfirm_model = "sface-int8"\n'
+                                                     "[decision]")
+    config.write_text(text)
+    # Enrollment must store both models' samples: enroll again under the two-stage config.
+    (config.parent / "state").exists() and shutil.rmtree(config.parent / "state")
+    added = edge("enroll", "files", "Upstream Sample", SAMPLES / "image_T1.jpg", "-c", config)
+    assert added.returncode == 0, added.stderr
+    result = edge("run", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    outcomes = [json.loads(line)["outcome"] for line in result.stdout.splitlines()]
+    assert outcomes[0] == "spoof" and outcomes[-1] == "granted" and outcomes.count("granted") == 1, outcomes
+
+
+def test_enrollment_from_a_photo_file_stays_allowed(tmp_path):
+    """Operators enroll from photos: the liveness check is for the door camera, not for files."""
+    config = door_config(tmp_path, ROOT / "edge" / "demo" / "replay")
+    added = edge("enroll", "files", "Screen Person", SAMPLES / "image_F2.jpg", "-c", config)
+    assert added.returncode == 0, added.stderr
+    from edge.gallery import Gallery
+
+    with Gallery(load_config(config).gallery_path()) as gallery:
+        (person,) = gallery.people()
+        assert person.name == "Screen Person" and person.samples == 1
+        assert any(name == "Screen Person" for name in gallery.file_hashes().values())
+
+
+def test_tuning_records_at_the_door_reports_and_writes_the_threshold(tmp_path):
+    """record (replay camera standing in for the door's) -> report with BPCER/APCER -> --write into the config."""
+    real_dir, attack_dir = tmp_path / "real", tmp_path / "screen"
+    for folder, image in ((real_dir, "image_T1.jpg"), (attack_dir, "image_F2.jpg")):
+        folder.mkdir()
+        for i, frame in enumerate(hand_held(cv2.imread(str(SAMPLES / image)), 8, seed=5)):
+            cv2.imwrite(str(folder / f"{i:03d}.jpg"), frame)
+    session = tmp_path / "door.jsonl"
+    for label, folder in (("real", real_dir), ("screen", attack_dir)):
+        config = door_config(tmp_path, folder)
+        recorded = edge("liveness-tune", "record", "--label", label, "-o", session, "--frames", 8, "-c", config)
+        assert recorded.returncode == 0, recorded.stderr
+        assert f"{label}: 8 frames with a face" in recorded.stdout
+    lines = [json.loads(line) for line in session.read_text().splitlines()]
+    assert [row["label"] for row in lines] == ["real"] * 8 + ["screen"] * 8 and "image" not in lines[0]
+    plot = tmp_path / "scores.png"
+    report = edge("liveness-tune", "report", session, "--plot", plot, "--write", "-c", config)
+    assert report.returncode == 0, report.stderr
+    assert "APCER[screen] %" in report.stdout and "<- chosen" in report.stdout and plot.stat().st_size > 1000
+    tuned = load_config(config).liveness
+    assert 0.3 < tuned.threshold <= 1.0 and "8 real frames, screen 8 attack frames" in tuned.measured
+    assert "BPCER 0.0 %" in tuned.measured and "APCER screen 0.0 %" in tuned.measured
+    no_real = tmp_path / "attacks-only.jsonl"
+    no_real.write_text("\n".join(line for line in session.read_text().splitlines() if '"screen"' in line) + "\n")
+    refused = edge("liveness-tune", "report", no_real, "-c", config)
+    assert refused.returncode == 65 and "no real-face presentations" in refused.stderr
