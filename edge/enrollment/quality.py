@@ -228,7 +228,9 @@ def assess(image: np.ndarray, faces: Sequence[Face], t: Thresholds, *, live: boo
 
 
 @dataclass(frozen=True)
-class Verdict:
+class IdentityCheck:
+    """What the session guard says of one new sample: consistent with the session, unlike everyone else?"""
+
     reasons: tuple[Reason, ...]
     warnings: tuple[str, ...]
     own_distance: float
@@ -275,7 +277,7 @@ class SessionGuard:
             self._other_ids = np.zeros(0, np.int64)
         self._names = dict(matrix.names)
 
-    def check(self, embedding: np.ndarray) -> Verdict:
+    def check(self, embedding: np.ndarray) -> IdentityCheck:
         e = np.asarray(embedding, np.float32).ravel()
         reasons: list[Reason] = []
         warnings: list[str] = []
@@ -314,7 +316,7 @@ class SessionGuard:
                         f"{self.name} is close to the enrolled {other_name} (distance {other_d:.2f}, threshold "
                         f"{self.threshold:.2f}): possible duplicate identity or look-alike"
                     )
-        return Verdict(tuple(reasons), tuple(warnings), own_d, other_name, other_d)
+        return IdentityCheck(tuple(reasons), tuple(warnings), own_d, other_name, other_d)
 
     def accept(self, embedding: np.ndarray) -> None:
         self.accepted.append(np.asarray(embedding, np.float32).ravel())
