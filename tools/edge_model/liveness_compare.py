@@ -47,7 +47,7 @@ DEFAULT_SETS = (
 
 
 @dataclass
-class Pair:
+class ConvertedAndSource:
     """One bundle and its float source."""
 
     model: object  # edge.liveness.LivenessModel
@@ -81,7 +81,7 @@ def float_source(bundle, source_dir: Path) -> tuple[Path, str]:
     return path, info.get("layout", "NCHW")
 
 
-def load_pairs(bundles: list[Path], source_dir: Path, threads: int) -> list[Pair]:
+def load_pairs(bundles: list[Path], source_dir: Path, threads: int) -> list[ConvertedAndSource]:
     import onnxruntime as ort
 
     from edge.liveness import LivenessModel
@@ -94,7 +94,7 @@ def load_pairs(bundles: list[Path], source_dir: Path, threads: int) -> list[Pair
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        pairs.append(Pair(LivenessModel.from_bundle(bundle, threads=threads), session, layout, bundle.input_spec))
+        pairs.append(ConvertedAndSource(LivenessModel.from_bundle(bundle, threads=threads), session, layout, bundle.input_spec))
     return pairs
 
 
@@ -122,7 +122,7 @@ def _diff_stats(quantised: np.ndarray, reference: np.ndarray) -> dict:
     }
 
 
-def compare_set(name: str, files: list[Path], pairs: list[Pair], detector, threshold: float) -> dict:
+def compare_set(name: str, files: list[Path], pairs: list[ConvertedAndSource], detector, threshold: float) -> dict:
     """Float vs converted probabilities of every face in ``files``: per model, ensemble, per image."""
     from edge.images import load_image
 
