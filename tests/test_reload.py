@@ -38,3 +38,18 @@ def test_apply_decision_config_updates_both_matchers_and_the_decider(tmp_path):
         assert recognizer.matcher.margin == 0.2 and recognizer.threshold == 0.8
     finally:
         recognizer.close()
+
+
+def test_a_reload_applies_the_liveness_threshold_and_alert_settings(tmp_path):
+    base = {"state_dir": str(tmp_path / "state")}
+    recognizer = Recognizer(config_from_dict(base), source=FakeSource([]))
+    try:
+        (check,) = recognizer.checks
+        assert check.name == "liveness" and check.threshold == 0.3
+        new = config_from_dict({**base, "liveness": {"threshold": 0.42, "alert_attacks": 5,
+                                                     "alert_window_seconds": 60.0}})
+        recognizer.apply_decision_config(new)
+        assert check.threshold == 0.42 and recognizer.config.liveness.threshold == 0.42
+        assert (recognizer.alarm.count, recognizer.alarm.window_seconds) == (5, 60.0)
+    finally:
+        recognizer.close()

@@ -306,6 +306,11 @@ class RecognizerService:
             return
         restart_needed = [name for name in ("camera", "detector", "embedder", "gallery", "state_dir", "models_dir")
                           if getattr(new, name) != getattr(self.config, name)]
+        # Face checks and their models are built once at start; the liveness threshold and alerts apply now.
+        if new.decision.face_checks != self.config.decision.face_checks:
+            restart_needed.append("decision.face_checks")
+        if (new.liveness.models, new.liveness.threads) != (self.config.liveness.models, self.config.liveness.threads):
+            restart_needed.append("liveness.models/threads")
         self.bus.replace_sinks(build_sinks(new.events))
         if new.door != self.config.door:
             self._build_door(new)
