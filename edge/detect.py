@@ -19,7 +19,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import ModelError
-from .runtime import load_interpreter
+from .runtime import load_interpreter, quantise
 from .types import Face, Frame
 
 log = logging.getLogger(__name__)
@@ -204,12 +204,7 @@ class YuNetTFLiteDetector(Detector):
         return mapping
 
     def _quantise(self, frame: np.ndarray) -> np.ndarray:
-        batch = frame[None].astype(np.float32)
-        if self._in["dtype"] == np.float32:
-            return batch
-        scale, zero = self._in["quantization"]
-        info = np.iinfo(self._in["dtype"])
-        return np.clip(np.round(batch / scale + zero), info.min, info.max).astype(self._in["dtype"])
+        return quantise(self._in, frame[None].astype(np.float32))
 
     def _output(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Output ``name`` as float (cells, channels), optionally only ``rows`` (dequantised after the gather)."""

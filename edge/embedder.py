@@ -23,7 +23,7 @@ import numpy as np
 
 from .bundle import Bundle, sha256_file
 from .errors import ConfigError, ModelError, ModelFormatError
-from .runtime import load_interpreter
+from .runtime import dequantise, load_interpreter, quantise
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +127,10 @@ class TFLiteEmbedder(Embedder):
         self._batch = batch
 
     def _quantise(self, batch: np.ndarray) -> np.ndarray:
-        dtype = self._in["dtype"]
-        if dtype == np.float32:
-            return batch
-        scale, zero_point = self._in["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(batch / scale + zero_point), info.min, info.max).astype(dtype)
+        return quantise(self._in, batch)
 
     def _dequantise(self, output: np.ndarray) -> np.ndarray:
-        if output.dtype == np.float32:
-            return output
-        scale, zero_point = self._out["quantization"]
-        return (output.astype(np.float32) - zero_point) * scale
+        return dequantise(self._out, output)
 
     def embed(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         if len(crops) == 0:

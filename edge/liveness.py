@@ -36,7 +36,7 @@ from .bundle import Bundle, load_bundle
 from .embedder import preprocess
 from .errors import ConfigError, ModelError
 from .registry import Registry
-from .runtime import load_interpreter
+from .runtime import dequantise, load_interpreter, quantise
 
 log = logging.getLogger(__name__)
 
@@ -228,18 +228,10 @@ class TFLiteLiveness(LivenessModel):
             raise ModelError(f"{bundle.model_path}: {produced} outputs but the manifest says {self.classes} classes")
 
     def _quantise(self, batch: np.ndarray) -> np.ndarray:
-        dtype = self._in["dtype"]
-        if dtype == np.float32:
-            return batch
-        scale, zero_point = self._in["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(batch / scale + zero_point), info.min, info.max).astype(dtype)
+        return quantise(self._in, batch)
 
     def _dequantise(self, output: np.ndarray) -> np.ndarray:
-        if output.dtype == np.float32:
-            return output
-        scale, zero_point = self._out["quantization"]
-        return (output.astype(np.float32) - zero_point) * scale
+        return dequantise(self._out, output)
 
     def outputs(self, crops: np.ndarray) -> np.ndarray:
         batch = self._quantise(preprocess(crops, self._spec))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from .errors import ModelFormatError, RuntimeShimError
@@ -119,3 +121,21 @@ def load_interpreter(model_path: str | Path, threads: int = 2, runtime: str = "a
         raise RuntimeShimError(f"{name} could not load {model_path}: {type(exc).__name__}: {exc}") from exc
     log.debug("loaded %s with %s, %d threads", model_path, name, threads)
     return interpreter, name
+
+
+def quantise(detail: dict, values: np.ndarray) -> np.ndarray:
+    """Float values as the tensor ``detail`` (from get_input_details) stores them: as is, or int8/uint8/int16."""
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return values.astype(np.float32, copy=False)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantise(detail: dict, values: np.ndarray) -> np.ndarray:
+    """A tensor read with get_tensor as float32, by the scale and zero point of its ``detail``."""
+    if values.dtype == np.float32:
+        return values
+    scale, zero_point = detail["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale
