@@ -92,8 +92,8 @@ def list_face_images(root: Path) -> list[tuple[Path, str]]:
     return items
 
 
-def crop_largest_face(image: np.ndarray, detector: YuNetDetector, size: int = 112) -> np.ndarray | None:
-    """Align the largest detected face; None when there is none."""
+def _largest_face(image: np.ndarray, detector: YuNetDetector):
+    """(face, scale, image it was found in): small images are upsampled first, as YuNet misses small faces."""
     scale = 1.0
     shorter = min(image.shape[:2])
     if shorter < MIN_DETECT_SIDE:
@@ -101,9 +101,14 @@ def crop_largest_face(image: np.ndarray, detector: YuNetDetector, size: int = 11
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     faces = detector.detect_image(image)
     if not faces:
-        return None
-    face = max(faces, key=lambda f: f.size)
-    return align_face(image, face.landmarks, size)
+        return None, scale, image
+    return max(faces, key=lambda f: f.size), scale, image
+
+
+def crop_largest_face(image: np.ndarray, detector: YuNetDetector, size: int = 112) -> np.ndarray | None:
+    """Align the largest detected face; None when there is none."""
+    face, _, found_in = _largest_face(image, detector)
+    return None if face is None else align_face(found_in, face.landmarks, size)
 
 
 def _cache_key(items: list[tuple[Path, str]], size: int, detector_sha: str) -> str:
@@ -192,15 +197,10 @@ def largest_face_box(image: np.ndarray, detector: YuNetDetector) -> tuple[float,
 
     Small images are upsampled for detection as :func:`crop_largest_face` does; the box is mapped back.
     """
-    scale = 1.0
-    shorter = min(image.shape[:2])
-    if shorter < MIN_DETECT_SIDE:
-        scale = MIN_DETECT_SIDE / shorter
-        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    faces = detector.detect_image(image)
-    if not faces:
+    face, scale, _ = _largest_face(image, detector)
+    if face is None:
         return None
-    x, y, w, h = max(faces, key=lambda f: f.size).box
+    x, y, w, h = face.box
     return x / scale, y / scale, w / scale, h / scale
 
 
