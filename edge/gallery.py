@@ -104,9 +104,23 @@ def m002_stable_ids_tombstones_changes(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO changes (person_uuid, kind, at) SELECT uuid, 'migrated', ? FROM people ORDER BY id", [now])
 
 
+@migrations()
+def m003_sync_versions(db: sqlite_utils.Database) -> None:
+    """What gallery sync (edge/sync/) needs: a version and an origin per person and tombstone, a unit per change.
+
+    ``origin_unit`` NULL means this unit wrote the current state; ``changes.unit`` NULL means a
+    local write (what this unit publishes), else the unit whose signed change was applied here.
+    """
+    db.execute("ALTER TABLE people ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE people ADD COLUMN origin_unit TEXT")
+    db.execute("ALTER TABLE tombstones ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE tombstones ADD COLUMN origin_unit TEXT")
+    db.execute("ALTER TABLE changes ADD COLUMN unit TEXT")
+
+
 # What a sample row holds beside its person and its embedding bytes (also an export's sample fields).
 SAMPLE_FIELDS = ("model_id", "capture_id", "dtype", "dim", "scale", "quality", "source", "created_at")
-CHANGE_KINDS = ("created", "samples_added", "renamed", "removed", "forgotten", "imported", "migrated")
+CHANGE_KINDS = ("created", "samples_added", "renamed", "removed", "forgotten", "imported", "migrated", "updated")
 
 
 @dataclass(frozen=True)
@@ -257,11 +271,19 @@ class Gallery:
     def _bump_version(self) -> None:
         self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'gallery_version'")
 
-    def _changed(self, person_uuid: str, kind: str, at: float | None = None) -> int:
-        """Append to the change sequence (inside the caller's transaction); returns the new seq."""
+    def _changed(self, person_uuid: str, kind: str, at: float | None = None, unit: str | None = None) -> int:
+        """Append to the change sequence (inside the caller's transaction); returns the new seq.
+
+        A local write (``unit`` None) also bumps the person's version and makes this unit its origin:
+        that is what a sync publishes. A remote change (``unit`` = the unit it came from) sets the
+        version itself (:meth:`put_remote_person`).
+        """
         assert kind in CHANGE_KINDS, kind
-        return self.db.execute("INSERT INTO changes (person_uuid, kind, at) VALUES (?, ?, ?)",
-                               [person_uuid, kind, at or time.time()]).lastrowid
+        if unit is None:
+            self.db.execute("UPDATE people SET version = version + 1, origin_unit = NULL WHERE uuid = ?",
+                            [person_uuid])
+        return self.db.execute("INSERT INTO changes (person_uuid, kind, at, unit) VALUES (?, ?, ?, ?)",
+                               [person_uuid, kind, at or time.time(), unit]).lastrowid
 
     def version(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'gallery_version'").fetchone()
@@ -365,7 +387,7 @@ class Gallery:
                     raise PersonNotFoundError(f"no enrolled person named {name!r}")
                 person_uuid = uuid.uuid4().hex
                 person_id = self.db["people"].insert(
-                    {"name": name, "uuid": person_uuid, "created_at": now, "updated_at": now}).last_pk
+                    {"name": name, "uuid": person_uuid, "created_at": now, "updated_at": now, "version": 0}).last_pk
                 self._changed(person_uuid, "created", now)
             else:
                 person_id = row[0]
@@ -418,9 +440,10 @@ class Gallery:
                 # Keep the audit trail, but it must not point at a deleted row.
                 self.db.execute("UPDATE events SET person_id = NULL WHERE person_id = ?", [person_id])
             person_uuid, now = self._uuid(person_id), time.time()
+            version = self.db.execute("SELECT version FROM people WHERE id = ?", [person_id]).fetchone()[0]
             self.db.execute("DELETE FROM people WHERE id = ?", [person_id])
-            self.db.execute("INSERT OR REPLACE INTO tombstones (uuid, removed_at, forgotten) VALUES (?, ?, ?)",
-                            [person_uuid, now, int(forget)])
+            self.db.execute("INSERT OR REPLACE INTO tombstones (uuid, removed_at, forgotten, version, origin_unit) "
+                            "VALUES (?, ?, ?, ?, NULL)", [person_uuid, now, int(forget), version + 1])
             self._changed(person_uuid, "forgotten" if forget else "removed", now)
             self._bump_version()
         return counts
@@ -451,10 +474,12 @@ class Gallery:
                 if row is None:
                     # The person keeps their id across units, unless it is somehow taken here.
                     person_uuid = person.get("uuid") or uuid.uuid4().hex
-                    if self.db.execute("SELECT 1 FROM people WHERE uuid = ?", [person_uuid]).fetchone():
+                    # A removed or forgotten id stays dead: an old export must not bring it back across the site.
+                    if self.db.execute("SELECT 1 FROM people WHERE uuid = ? UNION SELECT 1 FROM tombstones "
+                                       "WHERE uuid = ?", [person_uuid, person_uuid]).fetchone():
                         person_uuid = uuid.uuid4().hex
                     pid = self.db["people"].insert({
-                        "name": name, "uuid": person_uuid, "created_at": person.get("created_at") or now,
+                        "name": name, "uuid": person_uuid, "version": 0, "created_at": person.get("created_at") or now,
                         "updated_at": now, "last_seen": person.get("last_seen"), "note": person.get("note")}).last_pk
                     counts["new_people"] += 1
                     have, captures = set(), set()
@@ -484,6 +509,121 @@ class Gallery:
                         counts["crops"] += 1
                 self.db["people"].update(pid, {"updated_at": now})
                 self._changed(person_uuid, "imported", now)
+            self._bump_version()
+        return counts
+
+    # -- gallery sync (edge/sync/): a person's state as one record ------------------------------
+    def sync_cursor(self) -> int:
+        """The newest local change already published (and acknowledged by the broker)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'sync_published_seq'").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_sync_cursor(self, seq: int) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('sync_published_seq', ?)", [str(seq)])
+
+    def local_changes(self, after: int = 0, limit: int = 1000) -> list[dict]:
+        """This unit's own changes (not those applied from other units) with ``seq > after``, oldest first."""
+        rows = self.db.execute("SELECT seq, person_uuid, kind, at FROM changes WHERE seq > ? AND unit IS NULL "
+                               "ORDER BY seq LIMIT ?", [after, limit]).fetchall()
+        return [{"seq": r[0], "person_uuid": r[1], "kind": r[2], "at": r[3]} for r in rows]
+
+    def pending_local_changes(self, after: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM changes WHERE seq > ? AND unit IS NULL", [after]).fetchone()[0]
+
+    def sync_versions(self) -> dict[str, tuple[str, int, str | None, bool]]:
+        """uuid -> (kind "person" or "tombstone", version, origin unit or None for this one, forgotten)."""
+        out = {u: ("tombstone", v, o, bool(f)) for u, v, o, f in self.db.execute(
+            "SELECT uuid, version, origin_unit, forgotten FROM tombstones")}
+        out.update({u: ("person", v, o, False) for u, v, o in self.db.execute(
+            "SELECT uuid, version, origin_unit FROM people")})
+        return out
+
+    def sync_record(self, person_uuid: str, samples: bool = True) -> dict | None:
+        """A person's current state (``kind`` "person", with samples as stored) or their tombstone; None if unknown.
+
+        ``unit`` is the origin of that state: None when this unit wrote it.
+        """
+        row = self.db.execute("SELECT id, name, version, origin_unit, created_at, updated_at FROM people "
+                              "WHERE uuid = ?", [person_uuid]).fetchone()
+        if row is not None:
+            pid, name, version, origin, created, updated = row
+            record = {"kind": "person", "uuid": person_uuid, "name": name, "version": version, "unit": origin,
+                      "created_at": created, "updated_at": updated, "samples": []}
+            if samples:
+                record["samples"] = [dict(zip(("embedding",) + SAMPLE_FIELDS, r)) for r in self.db.execute(
+                    "SELECT embedding, " + ", ".join(SAMPLE_FIELDS) + " FROM samples WHERE person_id = ? ORDER BY id",
+                    [pid])]
+            return record
+        row = self.db.execute("SELECT removed_at, forgotten, version, origin_unit FROM tombstones WHERE uuid = ?",
+                              [person_uuid]).fetchone()
+        if row is not None:
+            return {"kind": "tombstone", "uuid": person_uuid, "removed_at": row[0], "forgotten": bool(row[1]),
+                    "version": row[2], "unit": row[3]}
+        return None
+
+    def put_remote_person(self, record: dict, unit: str, models: dict[str, str]) -> str:
+        """Make ``record`` (a verified person state from ``unit``) this person's state; "created" or "updated".
+
+        The samples of the models this unit runs (``models``: their id -> the id stored here) are replaced
+        by the record's; kept crops stay.  A name another person holds here raises NameTakenError.
+        The caller has decided that the record wins (edge/sync/conflict.py).
+        """
+        name = validate_name(record["name"])
+        now = time.time()
+        with self.transaction():
+            person_uuid = record["uuid"]
+            if self.db.execute("SELECT 1 FROM people WHERE name = ? AND uuid != ?", [name, person_uuid]).fetchone():
+                raise NameTakenError(f"{name!r} is another person's name on this unit")
+            row = self.db.execute("SELECT id, name FROM people WHERE uuid = ?", [person_uuid]).fetchone()
+            fields = {"name": name, "updated_at": now, "version": int(record["version"]), "origin_unit": unit}
+            if row is None:
+                self.db.execute("DELETE FROM tombstones WHERE uuid = ?", [person_uuid])
+                pid = self.db["people"].insert({**fields, "uuid": person_uuid,
+                                                "created_at": record.get("created_at") or now}).last_pk
+                kind = "created"
+            else:
+                pid, old_name = row
+                self.db["people"].update(pid, fields)
+                if old_name != name:
+                    self.db.execute("UPDATE events SET name = ? WHERE person_id = ?", [name, pid])
+                kind = "updated"
+            run_here = sorted(set(models.values()))
+            if run_here:
+                self.db.execute(f"DELETE FROM samples WHERE person_id = ? AND model_id IN "
+                                f"({', '.join('?' * len(run_here))})", [pid, *run_here])
+            for sample in record["samples"]:
+                stored_as = models.get(sample["model_id"])
+                if stored_as is not None:
+                    self.db["samples"].insert({**{k: sample.get(k) for k in SAMPLE_FIELDS}, "person_id": pid,
+                                               "model_id": stored_as, "embedding": sample["embedding"]})
+            self._changed(person_uuid, kind, now, unit=unit)
+            self._bump_version()
+        return kind
+
+    def put_remote_tombstone(self, person_uuid: str, *, version: int, unit: str, forgotten: bool,
+                             removed_at: float | None = None) -> dict[str, int]:
+        """Remove (or forget: events too) the person ``unit`` removed; records the tombstone; returns counts.
+
+        The caller VACUUMs after a forget (:meth:`vacuum`), so the embedding bytes leave the file.
+        """
+        counts = {"samples": 0, "crops": 0, "events": 0}
+        now = time.time()
+        with self.transaction():
+            row = self.db.execute("SELECT id, name FROM people WHERE uuid = ?", [person_uuid]).fetchone()
+            if row is not None:
+                pid, name = row
+                counts["samples"] = self.db.execute("DELETE FROM samples WHERE person_id = ?", [pid]).rowcount
+                counts["crops"] = self.db.execute("DELETE FROM crops WHERE person_id = ?", [pid]).rowcount
+                if forgotten:
+                    counts["events"] = self.db.execute("DELETE FROM events WHERE person_id = ? OR name = ?",
+                                                       [pid, name]).rowcount
+                else:
+                    self.db.execute("UPDATE events SET person_id = NULL WHERE person_id = ?", [pid])
+                self.db.execute("DELETE FROM people WHERE id = ?", [pid])
+            self.db.execute("INSERT OR REPLACE INTO tombstones (uuid, removed_at, forgotten, version, origin_unit) "
+                            "VALUES (?, ?, ?, ?, ?)", [person_uuid, removed_at or now, int(forgotten), int(version), unit])
+            self._changed(person_uuid, "forgotten" if forgotten else "removed", now, unit=unit)
             self._bump_version()
         return counts
 
