@@ -130,6 +130,46 @@ def select_images(roots: list[Path], limit: int | None, seed: int) -> list[tuple
     return items
 
 
+def _crop_images(roots: list[Path], limit: int | None, seed: int, cache_dir: Path | None, detector_bundle: Path,
+                 progress: bool, cache_name, size: int, crop, desc: str, meta: dict) -> CropSet:
+    """Sample images, crop the largest face of each with ``crop(image, detector)`` (None: no usable face),
+    and cache the result under ``cache_name(key)``, keyed on file contents and the detector."""
+    bundle = load_bundle(detector_bundle, expect_kind="detector")
+    items = select_images(roots, limit, seed)
+    if not items:
+        raise NoImagesError(f"no images under {', '.join(str(r) for r in roots)}")
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / cache_name(items, bundle.sha256)
+        cached = _read_cache(cache_path)
+        if cached is not None:
+            return cached
+    detector = YuNetDetector(bundle, score_threshold=0.6, min_face_size=16)
+    crops, paths, identities, failed = [], [], [], 0
+    from tqdm import tqdm
+
+    for path, identity in tqdm(items, desc=desc, unit="img", disable=not progress):
+        try:
+            image = load_image(path)
+        except EdgeError as exc:
+            log.warning("%s", exc)
+            failed += 1
+            continue
+        cropped = crop(image, detector)
+        if cropped is None:
+            failed += 1
+            continue
+        crops.append(cropped)
+        paths.append(str(path))
+        identities.append(identity)
+    log.info("%s: %d crops, %d images without a usable face", desc, len(crops), failed)
+    result = CropSet(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), paths, identities)
+    if cache_path is not None:
+        _write_cache(cache_path, result, {"roots": [str(r) for r in roots], "count": len(paths), "failed": failed,
+                                          "size": size, "limit": limit, "seed": seed, **meta})
+    return result
+
+
 def build_crops(
     roots: list[Path],
     size: int = 112,
@@ -140,40 +180,10 @@ def build_crops(
     progress: bool = True,
 ) -> CropSet:
     """Detect and align the largest face of every image (or ``limit`` sampled with ``seed``)."""
-    bundle = load_bundle(detector_bundle, expect_kind="detector")
-    items = select_images(roots, limit, seed)
-    if not items:
-        raise NoImagesError(f"no images under {', '.join(str(r) for r in roots)}")
-    cache_path = None
-    if cache_dir is not None:
-        cache_path = Path(cache_dir) / f"crops-{size}-{_cache_key(items, size, bundle.sha256)}.npz"
-        cached = _read_cache(cache_path)
-        if cached is not None:
-            return cached
-    detector = YuNetDetector(bundle, score_threshold=0.6, min_face_size=16)
-    crops, paths, identities, failed = [], [], [], 0
-    from tqdm import tqdm
-
-    for path, identity in tqdm(items, desc="detect+align", unit="img", disable=not progress):
-        try:
-            image = load_image(path)
-        except EdgeError as exc:
-            log.warning("%s", exc)
-            failed += 1
-            continue
-        crop = crop_largest_face(image, detector, size)
-        if crop is None:
-            failed += 1
-            continue
-        crops.append(crop)
-        paths.append(str(path))
-        identities.append(identity)
-    log.info("%d crops, %d images without a usable face", len(crops), failed)
-    result = CropSet(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), paths, identities)
-    if cache_path is not None:
-        _write_cache(cache_path, result, {"roots": [str(r) for r in roots], "count": len(paths), "failed": failed,
-                                          "size": size, "limit": limit, "seed": seed})
-    return result
+    return _crop_images(
+        roots, limit, seed, cache_dir, detector_bundle, progress,
+        lambda items, sha: f"crops-{size}-{_cache_key(items, size, sha)}.npz", size,
+        lambda image, detector: crop_largest_face(image, detector, size), "detect+align", {})
 
 
 def _read_cache(cache_path: Path) -> CropSet | None:
@@ -218,41 +228,15 @@ def build_liveness_crops(
     scaled by ``scale`` with its surroundings, as the device crops it (:func:`edge.liveness.liveness_crop`)."""
     from edge.liveness import liveness_crop
 
-    bundle = load_bundle(detector_bundle, expect_kind="detector")
-    items = select_images(roots, limit, seed)
-    if not items:
-        raise NoImagesError(f"no images under {', '.join(str(r) for r in roots)}")
-    cache_path = None
-    if cache_dir is not None:
-        what = f"liveness-x{scale:g}-{size}"
-        cache_path = Path(cache_dir) / f"{what}-{_cache_key(items, what, bundle.sha256)}.npz"
-        cached = _read_cache(cache_path)
-        if cached is not None:
-            return cached
-    detector = YuNetDetector(bundle, score_threshold=0.6, min_face_size=16)
-    crops, paths, identities, failed = [], [], [], 0
-    from tqdm import tqdm
-
-    for path, identity in tqdm(items, desc=f"detect+crop x{scale:g}", unit="img", disable=not progress):
-        try:
-            image = load_image(path)
-        except EdgeError as exc:
-            log.warning("%s", exc)
-            failed += 1
-            continue
+    def crop(image, detector):
         box = largest_face_box(image, detector)
-        if box is None:
-            failed += 1
-            continue
-        crops.append(liveness_crop(image, box, scale, size))
-        paths.append(str(path))
-        identities.append(identity)
-    log.info("%d liveness crops (x%g), %d images without a usable face", len(crops), scale, failed)
-    result = CropSet(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8), paths, identities)
-    if cache_path is not None:
-        _write_cache(cache_path, result, {"roots": [str(r) for r in roots], "count": len(paths), "failed": failed,
-                                          "scale": scale, "size": size, "limit": limit, "seed": seed})
-    return result
+        return None if box is None else liveness_crop(image, box, scale, size)
+
+    what = f"liveness-x{scale:g}-{size}"
+    return _crop_images(
+        roots, limit, seed, cache_dir, detector_bundle, progress,
+        lambda items, sha: f"{what}-{_cache_key(items, what, sha)}.npz", size, crop, f"detect+crop x{scale:g}",
+        {"scale": scale})
 
 
 @click.command("crops")
