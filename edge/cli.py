@@ -73,6 +73,7 @@ LAZY_COMMANDS = {
     "enroll": "edge.enrollment.cli:command",
     "liveness": "edge.liveness_cli:liveness",
     "liveness-tune": "edge.liveness_cli:tune",
+    "sync": "edge.sync.cli:command",
 }
 
 
@@ -158,10 +159,11 @@ def run(config_path, max_frames, as_json):
 
 @main.command("check-config")
 @config_option
-@click.option("--for", "target", type=click.Choice(["recognizer", "door", "syntax"]), default="recognizer",
+@click.option("--for", "target", type=click.Choice(["recognizer", "door", "sync", "syntax"]), default="recognizer",
               show_default=True,
               help="What to verify beyond the file: the recognizer's models, gallery and camera source; the door "
-                   "actuator's user and GPIO library; or only the file itself.")
+                   "actuator's user and GPIO library; the gallery sync's keys, models and broker settings; or only "
+                   "the file itself.")
 @boundary
 def check_config(config_path, target):
     """Validate the config, verify what start-up needs, and print the effective configuration.

@@ -226,6 +226,64 @@ class EventsConfig:
             raise ConfigError(f"events.mqtt_node_id: {shown(self.mqtt_node_id)} may only hold letters, digits, _ and -")
 
 
+def parse_broker(url: str) -> tuple[str, str, int]:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` -> (scheme, host, port); ConfigError otherwise."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"fleet.broker: {shown(url)} is not a broker URL ({exc})") from exc
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.username or parts.query:
+        raise ConfigError(f"fleet.broker: {shown(url)} is not mqtt://host[:port] or mqtts://host[:port] "
+                          "(credentials go in fleet.username and fleet.password_file)")
+    return parts.scheme, parts.hostname, port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """[fleet]: many doors sharing one set of people through an MQTT broker (``edge sync``); off by default."""
+
+    broker: str = _field("", doc="mqtt://host[:port] or mqtts://host[:port] (TLS); empty: no sync")
+    site: str = _field("", doc="the building: units of one site share their people ([A-Za-z0-9_-])")
+    unit: str = _field("", doc="this door's name in the site key list and its changes ([A-Za-z0-9_-])")
+    username: str = _field("", doc="broker user (one per unit, see firmware_config/mosquitto/); empty: anonymous")
+    password_file: str = _field("", doc="file holding the broker password")
+    ca_file: str = _field("", doc="mqtts: CA certificate that signed the broker's; empty: the system CA store")
+    cert_file: str = _field("", doc="mqtts: this unit's client certificate (optional)")
+    key_file: str = _field("", doc="mqtts: the client certificate's private key")
+    signing_key: str = _field("", doc="this unit's Ed25519 private key (edge sync keygen writes it, mode 0600)")
+    site_keys: str = _field("", doc="the site key list: one '<unit> ed25519 <base64 public key>' line per unit")
+    topic_prefix: str = _field("edge", doc="people are retained at <prefix>/<site>/people/<uuid>")
+    poll_interval: float = _field(1.0, lo=0.05, hi=60.0, doc="seconds between looks at the gallery for local changes")
+    queue_size: int = _field(1000, lo=10, hi=100000, doc="messages buffered each way; beyond it incoming ones wait "
+                                                         "(the broker keeps them) and outgoing ones are retried")
+    max_inflight: int = _field(20, lo=1, hi=1000, doc="QoS 1 messages sent and not yet acknowledged")
+    keepalive: int = _field(30, lo=5, hi=3600, doc="MQTT keepalive seconds")
+    status_file: str = _field("", doc="where edge sync writes its status; empty: <state_dir>/sync-status.json")
+
+    def __post_init__(self) -> None:
+        for key in ("site", "unit"):
+            value = getattr(self, key)
+            if value and not re.fullmatch(_NAME_RE, value):
+                raise ConfigError(f"fleet.{key}: {shown(value)} may only hold letters, digits, _ and -")
+        prefix = self.topic_prefix
+        if not prefix or any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+            raise ConfigError(f"fleet.topic_prefix: {shown(prefix)} must be non-empty, without + or #, "
+                              "not starting or ending with /")
+        if self.broker:
+            scheme, _, _ = parse_broker(self.broker)
+            missing = [k for k in ("site", "unit", "signing_key", "site_keys") if not getattr(self, k)]
+            if missing:
+                raise ConfigError(f"fleet.broker is set, so fleet.{', fleet.'.join(missing)} must be too")
+            if scheme == "mqtt" and (self.ca_file or self.cert_file):
+                raise ConfigError("fleet.ca_file / fleet.cert_file are for TLS: use an mqtts:// broker URL")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("fleet.cert_file and fleet.key_file go together")
+
+
 @dataclass(frozen=True)
 class Config:
     state_dir: str = _field("", doc="gallery and runtime state; empty: $EDGE_STATE_DIR or ~/.local/state/edge")
@@ -241,6 +299,7 @@ class Config:
     door: DoorConfig = field(default_factory=DoorConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     source_file: str = field(default="", metadata={"internal": True})
 
     # Resolved locations ---------------------------------------------------
@@ -280,6 +339,14 @@ class Config:
         if self.camera.source in ("replay",) and value:
             return str(self._resolve(value))
         return value
+
+    def resolve_path(self, value: str) -> Path:
+        """A file named in the config: relative to the config file's folder."""
+        return self._resolve(value)
+
+    def sync_status_path(self) -> Path:
+        value = self.fleet.status_file
+        return self._resolve(value) if value else self.resolved_state_dir() / "sync-status.json"
 
     def _resolve(self, value: str) -> Path:
         path = Path(value).expanduser()

@@ -138,3 +138,19 @@ class TuningError(EdgeError):
     """A liveness recording or report that cannot be made (no real faces recorded, an unreadable session file)."""
 
     exit_code = 65  # EX_DATAERR
+
+
+class SyncError(EdgeError):
+    """Gallery sync cannot run: a key file, the site key list or the broker settings are unusable."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class PayloadRefused(SyncError):
+    """A sync message that is not applied: bad signature, unknown unit, another site or model, malformed."""
+
+    exit_code = 65  # EX_DATAERR
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a short code counted in the status view: signature, unit, model, site, format

@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ConfigError, GalleryError
 
-TARGETS = ("recognizer", "door")
+TARGETS = ("recognizer", "door", "sync")
 
 
 def _writable_dir(path: Path, what: str) -> None:
@@ -87,6 +87,10 @@ def check_door(config: Config) -> list[str]:
 
 
 def check(config: Config, target: str) -> list[str]:
+    if target == "sync":
+        from .sync.service import preflight
+
+        return preflight(config)
     if target == "door":
         return check_door(config)
     return check_recognizer(config)

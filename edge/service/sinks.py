@@ -144,13 +144,14 @@ def discovery_messages(topic_prefix: str, discovery_prefix: str, node_id: str) -
     ]
 
 
-def _paho_client(client_id: str):
+def _paho_client(client_id: str, clean_session: bool = True):
+    """A paho client with version-2 callbacks (paho-mqtt 2.x) or 1.x's; ``clean_session=False``: a persistent session."""
     import paho.mqtt.client as mqtt  # optional extra: pip install 'edge-door[mqtt]'
 
     try:  # paho-mqtt 2.x
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
     except AttributeError:  # paho-mqtt 1.x
-        return mqtt.Client(client_id=client_id)
+        return mqtt.Client(client_id=client_id, clean_session=clean_session)
 
 
 class MqttSink(QueuedSink):
