@@ -252,7 +252,17 @@ class Gallery:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA secure_delete = ON")
             self.db = sqlite_utils.Database(conn)
-            migrations.apply(self.db)
+            if migrations.pending(self.db):
+                # Under the write lock: two processes opening an old gallery at once (edge sync and an
+                # enrollment) must not both run a migration; the second finds nothing pending.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    migrations.apply(self.db)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise _friendly(exc, self.path) from exc
         except OSError as exc:

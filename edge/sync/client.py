@@ -74,6 +74,7 @@ class SyncClient:
         self.bytes_received = 0
         self.peers: dict[str, dict] = {}
         self.last_error = ""
+        self.stopping = False
 
     # -- paho callbacks (network thread) ---------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
@@ -90,7 +91,7 @@ class SyncClient:
         log.info("sync: connected to %s:%d (connection %d)", self.host, self.port, self.generation)
 
     def _on_disconnect(self, client, userdata, *args) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self.stopping:
             log.warning("sync: lost the broker %s:%d; deciding goes on locally, changes wait", self.host, self.port)
         self.connected.clear()
 
@@ -134,6 +135,7 @@ class SyncClient:
         return True
 
     def stop(self) -> None:
+        self.stopping = True
         try:
             if self.connected.is_set():
                 info = self.client.publish(self.status_topic, json.dumps({"state": "offline", "at": time.time()}),
