@@ -62,7 +62,8 @@ if command -v apt-get >/dev/null 2>&1; then
   python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
   if [ "$want_test" = 1 ]; then
     # qemu-user-static + a Debian arm64 root: edge-model check-arm; systemd: systemd-analyze verify of the units
-    pkgs+=(qemu-user-static debootstrap systemd dpkg-dev)
+    # mosquitto: the real broker the gallery-sync tests start on 127.0.0.1 (tests/test_sync.py)
+    pkgs+=(qemu-user-static debootstrap systemd dpkg-dev mosquitto)
   fi
   apt_install "${pkgs[@]}"
 fi

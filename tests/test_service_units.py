@@ -15,7 +15,7 @@ from edge.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware_config"
-UNITS = ["edge-recognizer.service", "edge-door.service", "edge-door.socket"]
+UNITS = ["edge-recognizer.service", "edge-door.service", "edge-door.socket", "edge-sync.service"]
 
 
 def _edge_binary() -> str:
@@ -83,6 +83,17 @@ def test_example_config_passes_check_config_and_lists_every_key():
         if node is None:
             missing.append(key)
     assert not missing, f"firmware_config/edge.toml lacks {missing}"
+
+
+def test_sync_unit_has_the_network_and_the_recognizer_does_not():
+    unit = (FIRMWARE / "edge-sync.service").read_text()
+    for line in ["ExecStartPre=/opt/edge/venv/bin/edge check-config --for sync", "ExecStart=/opt/edge/venv/bin/edge sync",
+                 "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "StateDirectory=edge", "User=edge", "RestartPreventExitStatus=78"]:
+        assert line in unit, line
+    acl = (FIRMWARE / "mosquitto" / "edge-acl.conf").read_text()
+    assert "pattern write edge/building-1/units/%u/status" in acl
+    assert "acl_file" in (FIRMWARE / "mosquitto" / "edge-broker.conf").read_text()
 
 
 def test_install_pi_script_parses():
