@@ -18,6 +18,7 @@ SMOKE = {
     "tools/bench_service.py": ["--runs", "1", "--seconds", "0.5", "--json"],
     "tools/bench_runtime.py": ["--repeat", "1", "--no-startup", "--json"],
     "tools/bench_gallery_storage.py": ["--limit", "24"],
+    "tools/bench_sync.py": ["--people", "20", "--down-seconds", "2", "--down-people", "3", "--json"],
 }
 
 
