@@ -75,3 +75,17 @@ def test_event_kinds_are_one_registry():
 def test_an_unknown_event_kind_is_an_error_not_the_relay_id():
     with pytest.raises(ValueError, match="unknown event kind 'grantd'"):
         Event("grantd", "typo")
+
+
+def test_every_face_check_and_liveness_backend_resolves_and_the_shipped_liveness_bundles_name_one():
+    from edge.checks import CHECKS, FaceCheck
+    from edge.liveness import LIVENESS_BACKENDS, LivenessModel
+
+    for name in CHECKS.names():
+        cls = CHECKS.load(name)
+        assert issubclass(cls, FaceCheck) and cls.name == name and not inspect.isabstract(cls)
+    for name in LIVENESS_BACKENDS.names():
+        cls = LIVENESS_BACKENDS.load(name)
+        assert issubclass(cls, LivenessModel) and not inspect.isabstract(cls), name
+    for bundle in ("minifasnet-v2-fp16", "minifasnet-v1se-fp16"):
+        assert load_bundle(MODELS / bundle).backend in LIVENESS_BACKENDS.names()
