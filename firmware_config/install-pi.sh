@@ -7,7 +7,8 @@
 #
 # Layout: /opt/edge/venv (--system-site-packages: picamera2, systemd-python, gpiozero/lgpio from apt),
 # /opt/edge/models, /opt/edge/firmware_config, /etc/edge/edge.toml, /var/lib/edge (StateDirectory),
-# /etc/systemd/system/edge-{recognizer,door}.service + edge-door.socket, /etc/udev/rules.d/99-edge.rules.
+# /etc/systemd/system/edge-{recognizer,door,sync}.service + edge-door.socket, /etc/udev/rules.d/99-edge.rules.
+# edge-sync.service (gallery sync over MQTT) is installed always and enabled only when [fleet] broker is set.
 set -euo pipefail
 
 mode="${1:-pi}"
@@ -21,7 +22,8 @@ STATE=/var/lib/edge
 UNITS=/etc/systemd/system
 RULES=/etc/udev/rules.d/99-edge.rules
 DROPIN="$UNITS/edge-recognizer.service.d/network-sinks.conf"
-APT_PACKAGES=(python3-venv python3-pip python3-picamera2 python3-systemd python3-gpiozero python3-lgpio)
+APT_PACKAGES=(python3-venv python3-pip python3-picamera2 python3-systemd python3-gpiozero python3-lgpio
+              python3-paho-mqtt python3-cryptography)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 warn() { printf '\033[1;33mwarning:\033[0m %s\n' "$*" >&2; }
@@ -49,6 +51,14 @@ ensure_user() {  # name home groups...
   for g in "$@"; do
     id -nG "$name" | tr ' ' '\n' | grep -qx "$g" || usermod -aG "$g" "$name"
   done
+}
+
+sync_enabled() {  # does [fleet] name a broker?
+  "$PREFIX/venv/bin/python" - "$ETC/edge.toml" <<'PY'
+import sys
+from edge.config import load_config
+sys.exit(0 if load_config(sys.argv[1]).fleet.broker else 1)
+PY
 }
 
 sinks_enabled() {  # does [events] turn on a network sink?
@@ -158,7 +168,7 @@ WRAP
   local changed=""
   changed+=$(install_file 0644 "$here/99-edge.rules" "$RULES")
   local unit
-  for unit in edge-recognizer.service edge-door.service edge-door.socket; do
+  for unit in edge-recognizer.service edge-door.service edge-door.socket edge-sync.service; do
     changed+=$(install_file 0644 "$here/$unit" "$UNITS/$unit")
   done
   if sinks_enabled; then
@@ -185,6 +195,12 @@ WRAP
     systemctl restart edge-door.service || warn "edge-door did not start: journalctl -u edge-door -n 20"
     systemctl restart edge-recognizer.service || warn "edge-recognizer did not start (no camera connected yet?): \
 connect the camera, check 'edge check-config', then 'sudo systemctl restart edge-recognizer'; journalctl -u edge-recognizer -n 20"
+    if sync_enabled; then
+      systemctl enable edge-sync.service
+      systemctl restart edge-sync.service || warn "edge-sync did not start: edge check-config --for sync; journalctl -u edge-sync -n 20"
+    else
+      systemctl disable --now edge-sync.service 2>/dev/null || true
+    fi
     sleep 2
     systemctl --no-pager --lines=5 status edge-recognizer.service edge-door.service || true
   else
@@ -197,9 +213,9 @@ connect the camera, check 'edge check-config', then 'sudo systemctl restart edge
 uninstall_pi() {
   say "uninstalling edge (purge=$purge)"
   if have_systemd; then
-    systemctl disable --now edge-recognizer.service edge-door.service edge-door.socket 2>/dev/null || true
+    systemctl disable --now edge-recognizer.service edge-door.service edge-door.socket edge-sync.service 2>/dev/null || true
   fi
-  rm -f "$UNITS/edge-recognizer.service" "$UNITS/edge-door.service" "$UNITS/edge-door.socket" "$DROPIN" "$RULES" /usr/local/bin/edge
+  rm -f "$UNITS/edge-recognizer.service" "$UNITS/edge-door.service" "$UNITS/edge-door.socket" "$UNITS/edge-sync.service" "$DROPIN" "$RULES" /usr/local/bin/edge
   rmdir "$(dirname "$DROPIN")" 2>/dev/null || true
   if have_systemd; then
     systemctl daemon-reload
