@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -19,7 +20,7 @@ from edge.gallery import Gallery  # noqa: E402
 from edge.sync import keys, payload, state  # noqa: E402
 from edge.sync.conflict import Stamp, remote_wins  # noqa: E402
 
-from .conftest import FIXTURES, MODELS  # noqa: E402
+from .conftest import FIXTURES, MODELS, ROOT  # noqa: E402
 from .sync_helpers import SITE, Broker, Unit, mosquitto_binary, wait_for, write_site_keys  # noqa: E402
 
 MODEL = "model-x:0123456789abcdef"
@@ -253,3 +254,84 @@ def test_forged_and_unsigned_payloads_from_the_broker_are_refused_and_counted(fl
     assert b.people() == {}
     log = b.log.read_text()
     assert "WARNING" in log and "refused" in log and "signature does not verify with unit c's key" in log
+
+
+def _tls_files(folder):
+    """A throw-away CA and a server certificate for 127.0.0.1 (what a site makes once with openssl)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def write_key(key, path):
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test site CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(2)
+              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False).sign(ca_key, hashes.SHA256()))
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "server", "server-key")}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["server"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    write_key(server_key, paths["server-key"])
+    return paths
+
+
+@needs_broker
+@needs_models
+def test_tls_per_unit_passwords_and_the_shipped_acl(tmp_path):
+    """mqtts with the site's CA, one broker user per unit, the ACL example from firmware_config as shipped."""
+    import shutil as _shutil
+
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    tls = _tls_files(folder)
+    acl = folder / "acl.conf"
+    acl.write_text((ROOT / "firmware_config" / "mosquitto" / "edge-acl.conf").read_text()
+                   .replace("building-1", SITE))
+    passwords = folder / "passwd"
+    for i, unit in enumerate(("a", "b")):
+        subprocess.run([_shutil.which("mosquitto_passwd") or "mosquitto_passwd", "-b", *(["-c"] if i == 0 else []),
+                        str(passwords), unit, f"secret-{unit}"], check=True, capture_output=True)
+    broker = Broker(tmp_path / "broker")
+    broker.conf.write_text(
+        f"listener {broker.port} 127.0.0.1\ncafile {tls['ca']}\ncertfile {tls['server']}\n"
+        f"keyfile {tls['server-key']}\nallow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
+        f"persistence true\npersistence_location {broker.root / 'data'}/\n"
+        # As root mosquitto drops to its own user before reading the password file, which then sits in a folder
+        # only root may enter; a site's broker keeps these files readable by the mosquitto user instead.
+        + ("user root\n" if os.geteuid() == 0 else ""))
+    broker.start()
+    units = [Unit(tmp_path, name, broker.port) for name in ("a", "b", "c")]
+    write_site_keys(units)
+    try:
+        for unit, password in zip(units, ("secret-a", "secret-b", "wrong")):
+            (unit.root / "broker-password").write_text(password + "\n")
+            text = unit.config.read_text().replace(f"mqtt://127.0.0.1:{broker.port}", f"mqtts://127.0.0.1:{broker.port}")
+            text += f'username = "{unit.name}"\npassword_file = "{unit.root / "broker-password"}"\nca_file = "{tls["ca"]}"\n'
+            unit.config.write_text(text)
+            unit.start()
+        a, b, c = units
+        a.edge("enroll", "files", "Alice", str(FIXTURES / "person_a_1.jpg"))
+        wait_for(lambda: b.people().get("Alice") == a.people()["Alice"], 60, "Alice on B over TLS")
+        # C's broker password is wrong: it never gets the people, keeps running, and says why in its status.
+        wait_for(lambda: "refused" in str(c.status().get("last_error", "")) or
+                 "not authori" in str(c.status().get("last_error", "")).lower(), 30, "C's refusal in its status")
+        assert "Alice" not in c.people() and c.process.poll() is None
+    finally:
+        for unit in units:
+            unit.stop()
+        broker.stop()
