@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "compare-liveness": "edge_model.liveness_compare",
     "eval-liveness": "edge_model.liveness_eval",
     "train-student": "edge_model.train_student",
+    "train-consistent": "edge_model.train_consistent",
 }
 
 

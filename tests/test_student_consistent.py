@@ -1,0 +1,175 @@
+"""The consistent-teacher trainer: targets on the student's own view, Net2Net widening, the shipped
+student read back from its TFLite, and a stage that resumes from committed weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from edge_model.student import Student, StudentConfig  # noqa: E402
+from edge_model.student_init import SHIPPED_TFLITE, stream_map, widen  # noqa: E402
+from edge_model.train_consistent import (  # noqa: E402
+    Trainer,
+    ViewRecipe,
+    consistent_loss,
+    draw_view,
+    projection_head,
+    relational_loss,
+    student_input,
+)
+from edge_model.train_student import _optimiser  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FACES = ROOT / "tests" / "fixtures" / "faces"
+TINY = dict(input_size=32, stem=8, stem_out=16, stages=[(32, 1), (32, 1), (64, 1)], head=64)
+
+
+def _random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.4 * torch.rand(n, generator=g) - 0.2)
+    return model.eval()
+
+
+class RecordingTeacher:
+    """A fake teacher: remembers every batch it was shown and embeds it with a fixed random map."""
+
+    def __init__(self, dim: int = 24) -> None:
+        self.seen: list[torch.Tensor] = []
+        self.proj = torch.randn(3, dim, generator=torch.Generator().manual_seed(1))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return x.mean(dim=(2, 3)) @ self.proj + 0.01
+
+
+def test_the_target_of_a_view_is_the_teachers_output_on_that_view():
+    torch.manual_seed(0)
+    model = Student(StudentConfig(**TINY))
+    teacher = RecordingTeacher()
+    proj = projection_head(model.config.embedding_size, 24)
+    recipe = ViewRecipe(batch_size=6, mixup=0.5, cutmix=0.3, aug_strength=1.0, student_size=32)
+    trainer = Trainer(model, proj, teacher, _optimiser(list(model.parameters()) + list(proj.parameters()), 1e-3, 0.0),
+                      recipe)
+    seen_by_student: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda mod, args: seen_by_student.append(args[0].detach().clone()))
+    crops = torch.randint(0, 256, (10, 112, 112, 3), dtype=torch.uint8)
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    view = draw_view(crops, torch.arange(10), recipe, gen, rng)
+    trainer.step(view, 1e-3)
+    assert len(teacher.seen) == 1 and len(seen_by_student) == 1
+    assert torch.equal(teacher.seen[0], view)  # the teacher saw the augmented, mixed view itself
+    assert torch.allclose(student_input(teacher.seen[0], 32), seen_by_student[0])  # and so did the student
+    # not the clean crops: the view really is augmented
+    assert not torch.allclose(view, crops[:6].flip(-1).permute(0, 3, 1, 2).float())
+
+
+def test_relational_loss_compares_across_dimensions_and_projection_gives_a_direct_term():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 128), torch.randn(8, 512)
+    assert relational_loss(s, t).item() > 0
+    assert relational_loss(t[:, :128], t[:, :128]).item() == pytest.approx(0.0, abs=1e-7)
+    proj = projection_head(128, 512)
+    with_direct = consistent_loss(s, t, proj, 2.0, 1.0)
+    without = consistent_loss(s, t, None, 2.0, 1.0)  # 128 vs 512: no direct term without a head
+    assert with_direct.item() > without.item()
+    assert without.item() == pytest.approx(2.0 * relational_loss(s, t).item())
+
+
+@pytest.mark.parametrize("target", [
+    dict(TINY, stem=16, stem_out=24, stages=[(32, 2), (32, 1), (128, 2)], head=96),
+    dict(input_size=112, stages=[(64, 2), (128, 3), (256, 2)]),
+])
+def test_widening_is_function_preserving(target):
+    base_cfg = StudentConfig(**TINY) if target["input_size"] == 32 else StudentConfig()
+    base = _random_bn(Student(base_cfg))
+    wide = widen(base, StudentConfig(**target), seed=3)
+    x = torch.randn(4, 3, base_cfg.input_size, base_cfg.input_size)
+    with torch.no_grad():
+        cos = F.cosine_similarity(base(x), wide(x))
+    assert cos.min().item() > 0.999
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in base.parameters())
+
+
+def test_widening_refuses_layouts_that_do_not_nest():
+    with pytest.raises(ValueError, match="do not nest"):
+        stream_map(128, 136, torch.Generator())
+
+
+def _fixture_crops():
+    from edge_model.crops import build_crops
+
+    return build_crops([FACES], size=112, cache_dir=None, progress=False).crops
+
+
+def test_shipped_student_read_back_from_its_tflite_matches_it():
+    pytest.importorskip("tensorflow")
+    from edge_model.student_init import student_from_tflite
+    from edge_model.train_consistent import calibration_batch
+
+    crops = _fixture_crops()
+    x = calibration_batch(crops)
+    model = student_from_tflite(SHIPPED_TFLITE, calibration=x)
+    with torch.no_grad():
+        ours = model(x)
+    theirs = _tflite_embeddings(SHIPPED_TFLITE, x)
+    assert F.cosine_similarity(ours, theirs).min().item() > 0.99
+
+
+def _tflite_embeddings(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_path=str(path))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    (s, z), (so, zo) = inp["quantization"], out["quantization"]
+    interp.resize_tensor_input(inp["index"], [len(x), 112, 112, 3])
+    interp.allocate_tensors()
+    q = np.clip(np.round(x.permute(0, 2, 3, 1).numpy() / s + z), -128, 127).astype(np.int8)
+    interp.set_tensor(inp["index"], q)
+    interp.invoke()
+    return torch.from_numpy((interp.get_tensor(out["index"]).astype(np.float32) - zo) * so)
+
+
+def test_a_stage_starts_from_the_committed_weights_and_the_next_resumes(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow")
+    from click.testing import CliRunner
+
+    from edge_model import train_consistent
+    from edge_model.train_consistent import command, load_stage
+
+    # a tiny fake 512-D teacher instead of EdgeFace, and no SFace: the stage mechanics are under test
+    class FakeTeacher(RecordingTeacher):
+        path = Path("fake.onnx")
+
+    monkeypatch.setattr("edge_model.onnx_teacher.teacher_from_option", lambda value: FakeTeacher(512))
+    monkeypatch.setattr(train_consistent, "export_onnx", lambda model, path: None)
+    out = tmp_path / "run"
+    common = [str(FACES), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--steps", "2",
+              "--batch-size", "4", "--heldout", "0.34", "--no-sface", "--eval-every", "1"]
+    first = CliRunner().invoke(command, common, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "TFLite read back" in first.output
+    curve = json.loads((out / "curve.json").read_text())
+    assert [c["stage"] for c in curve] == [1] and curve[0]["steps"] == 2
+    # before any step the student is the shipped one: figures are recorded at the start
+    assert "heldout_rel_mse_edgeface" in curve[0]["before"]
+    second = CliRunner().invoke(command, common + ["--resume", str(out / "checkpoints" / "stage-1.pt")],
+                                catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    curve = json.loads((out / "curve.json").read_text())
+    assert [c["stage"] for c in curve] == [1, 2]
+    model, proj, record = load_stage(out / "checkpoints" / "stage-2.pt")
+    assert record["stage"] == 2 and proj is not None and proj.weight.shape == (512, 128)
+    assert model.config == StudentConfig()
