@@ -173,3 +173,14 @@ def test_a_stage_starts_from_the_committed_weights_and_the_next_resumes(tmp_path
     model, proj, record = load_stage(out / "checkpoints" / "stage-2.pt")
     assert record["stage"] == 2 and proj is not None and proj.weight.shape == (512, 128)
     assert model.config == StudentConfig()
+
+
+def test_a_new_projection_head_starts_at_the_least_squares_fit():
+    from edge_model.train_consistent import fit_projection
+
+    torch.manual_seed(0)
+    s = torch.randn(400, 16)
+    true = torch.randn(16, 64)
+    t = F.normalize(s, dim=1) @ true
+    proj = fit_projection(projection_head(16, 64), s, t, ridge=1e-6)
+    assert F.cosine_similarity(proj(F.normalize(s, dim=1)), t).min().item() > 0.999

@@ -137,6 +137,17 @@ def projection_head(student_dim: int, teacher_dim: int) -> nn.Linear:
     return nn.Linear(student_dim, teacher_dim, bias=False)
 
 
+@torch.no_grad()
+def fit_projection(proj: nn.Linear, student: torch.Tensor, teacher: torch.Tensor, ridge: float = 1e-2) -> nn.Linear:
+    """Start the head at the ridge least-squares map from the (normalised) student embeddings to the
+    teacher's, so the direct term's first gradients do not pull a trained student towards a random map."""
+    s = F.normalize(student.float(), dim=1)
+    t = F.normalize(teacher.float(), dim=1)
+    gram = s.t() @ s + ridge * len(s) * torch.eye(s.shape[1])
+    proj.weight.copy_(torch.linalg.solve(gram, s.t() @ t).t())
+    return proj
+
+
 # --------------------------------------------------------------------------------------- stepping
 
 
@@ -355,7 +366,18 @@ def _initial(resume: Path | None, widen_from: Path | None, config: StudentConfig
         model, proj, stage = start_model(config, crops, widen_from, seed), None, 1
     if want_proj and proj is None:
         proj = projection_head(model.config.embedding_size, teacher_dim)
+        proj.fitted = False
     return model, proj, stage
+
+
+def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, train_idx: np.ndarray, teacher,
+                  n: int = 2048, seed: int = 0) -> None:
+    """A head created for this stage starts at the least-squares fit on clean training crops."""
+    if proj is None or getattr(proj, "fitted", True):
+        return
+    idx = np.sort(np.random.default_rng(seed).choice(train_idx, min(n, len(train_idx)), replace=False))
+    sub = torch.from_numpy(crops[idx])
+    fit_projection(proj, student_embeddings(model, sub, model.config.input_size), teacher(crops_to_rgb(sub)))
 
 
 @click.command("train-consistent")
@@ -378,7 +400,7 @@ def _initial(resume: Path | None, widen_from: Path | None, config: StudentConfig
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--steps", default=100_000, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
-@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr", default=3e-4, show_default=True, help="Peak of the warm-up + cosine schedule; fine-tuning trained weights wants it small.")
 @click.option("--rel-weight", default=2.0, show_default=True)
 @click.option("--proj-weight", default=1.0, show_default=True, help="Direct cosine term through a projection head (0: none).")
 @click.option("--mixup", default=0.15, show_default=True)
@@ -414,6 +436,7 @@ def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, cache
     info = count_macs(model, model.config.input_size)
     click.echo(f"stage {stage}: {len(crops)} crops ({len(held)} held out); student {info['macs'] / 1e6:.2f}M MACs, "
                f"{info['params'] / 1e6:.3f}M params; teacher {teacher.path.name} ({teacher_dim}-D)")
+    _fit_new_head(proj, model, crops, train_idx, teacher, seed=seed)
     model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters()) + (list(proj.parameters()) if proj is not None else [])
     recipe = ViewRecipe(batch_size, mixup, cutmix, aug_strength, model.config.input_size)
