@@ -83,7 +83,12 @@ def preprocess(crops: Sequence[np.ndarray] | np.ndarray, spec: dict) -> np.ndarr
 
 
 class TFLiteEmbedder(Embedder):
-    """A (full-INT8 or float) TFLite embedder; quantises input and dequantises output itself."""
+    """A (full-INT8 or float) TFLite embedder; quantises input and dequantises output itself.
+
+    A graph with a dynamic batch (``shape_signature`` -1) is resized to each call's batch; one whose
+    batch is fixed (shapes folded at batch 1, e.g. EdgeFace) is run that many crops at a time, since
+    resizing it would break its constant reshapes.
+    """
 
     def __init__(self, bundle: Bundle, threads: int = 2, runtime: str = "auto", delegate: str = "") -> None:
         if bundle.kind != "embedder":
@@ -109,6 +114,8 @@ class TFLiteEmbedder(Embedder):
                 f"{bundle.model_path}: output size {self.embedding_size} but manifest says {declared}"
             )
         self._batch = int(shape[0])
+        signature = self._in.get("shape_signature")
+        self._fixed_batch = int(shape[0]) if signature is not None and len(signature) and signature[0] > 0 else None
 
     @classmethod
     def from_config(cls, bundle: Bundle, config) -> "TFLiteEmbedder":
@@ -136,11 +143,24 @@ class TFLiteEmbedder(Embedder):
         if len(crops) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
         batch = self._quantise(preprocess(crops, self._spec))
+        if self._fixed_batch is None:
+            return l2_normalise(self._invoke(batch))
+        step = self._fixed_batch
+        rows = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            if len(chunk) < step:  # pad the last chunk of a fixed-batch graph
+                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            rows.append(self._invoke(chunk))
+        return l2_normalise(np.concatenate(rows)[: len(batch)])
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+        """One invoke on a quantised NHWC batch -> raw (N, D) float outputs."""
         self._resize(batch.shape[0])
         self._interpreter.set_tensor(self._in["index"], batch)
         self._interpreter.invoke()
         output = self._dequantise(self._interpreter.get_tensor(self._out["index"]))
-        return l2_normalise(output.reshape(batch.shape[0], -1))
+        return output.reshape(batch.shape[0], -1)
 
 
 def _require_module(module: str, backend: str, install: str):

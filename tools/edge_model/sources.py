@@ -35,6 +35,7 @@ KNOWN_MODELS = {
 }
 
 SILENT_FACE = "minivision-ai/Silent-Face-Anti-Spoofing @ b6d5f04a"
+EDGEFACE = "yayoimizuha/face_recognition_train @ 3e631e35"
 # Files known by sha256 (ONNX exports of upstream PyTorch checkpoints, e.g. ../shared/models/minifasnet/).
 # kind / crop_scale / output are what the conversion must record for the runtime to feed the model right.
 KNOWN_FILES = {
@@ -55,6 +56,16 @@ KNOWN_FILES = {
         "kind": "liveness",
         "crop_scale": 4.0,
         "output": {"classes": 3, "real_class": 1},
+    },
+    "edgeface-xxs": {
+        # ../shared/models/edgeface-xxs/edgeface_xxs_float.onnx: the int8-Linear checkpoint dequantised, opset 17
+        "sha256": "7428abecaaad388215e44a6141977191c9a16a26830905d5aeb4bc94da4c5a7c",
+        "licence": "BSD-3-Clause (EdgeFace code and release, Idiap Research Institute); the weights were trained "
+                   "on WebFace (research data): non-commercial research use only",
+        "origin": f"EdgeFace-XXS (George et al., EdgeFace; Idiap otroshi/edgeface), copied in {EDGEFACE}, "
+                  "checkpoints/edgeface_xxs_q.pt, int8 Linear weights dequantised, exported to ONNX",
+        "version": "3e631e35",
+        "kind": "embedder",
     },
 }
 
