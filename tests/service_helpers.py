@@ -142,3 +142,17 @@ def wait_for_socket(path: Path, timeout: float = 10.0) -> None:
                 pass
         time.sleep(0.02)
     raise TimeoutError(f"{path} did not come up")
+
+
+def fill_backlog(path) -> list[socket.socket]:
+    """Connect without accepting until the listener's backlog is full (what a flood does); close them after."""
+    filler = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(str(path))
+        except BlockingIOError:
+            s.close()
+            return filler
+        filler.append(s)

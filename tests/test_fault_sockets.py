@@ -19,6 +19,7 @@ from edge.service.lock_client import DoorClient, DoorUnavailable
 
 from .service_helpers import (
     edge_env,
+    fill_backlog,
     read_events,
     relay_periods,
     start_edge,
@@ -250,17 +251,8 @@ def test_the_door_client_waits_out_a_full_backlog(tmp_path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(0)
-    filler = []
+    filler = fill_backlog(path)
     try:
-        while True:  # fill the backlog the way a flood does
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                s.connect(str(path))
-            except BlockingIOError:
-                s.close()
-                break
-            filler.append(s)
         started = time.monotonic()
         with pytest.raises(DoorUnavailable, match="did not answer within"):
             DoorClient(str(path), timeout=0.3).status()

@@ -18,7 +18,7 @@ from edge.errors import (DoorUnavailable, LineTooLongError, ProtocolError, Socke
 from edge.sockets import (LineBuffer, LineChannel, bind_unix_listener, connect_unix, decode_line, encode_line,
                           peer_cred)
 
-from .service_helpers import world_dir
+from .service_helpers import fill_backlog, world_dir
 
 
 @pytest.fixture
@@ -82,17 +82,8 @@ def test_a_live_socket_is_refused_and_keeps_serving(folder):
 def test_a_listener_with_a_full_backlog_counts_as_live(folder):
     path = folder / "x.sock"
     first = bind_unix_listener(path, backlog=0)
-    filler = []
+    filler = fill_backlog(path)
     try:
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                s.connect(str(path))
-            except BlockingIOError:
-                s.close()
-                break
-            filler.append(s)
         with pytest.raises(SocketInUseError):
             bind_unix_listener(path, probe_timeout=0.2)
     finally:
