@@ -21,28 +21,25 @@ exact GELU, cross-covariance attention with a sine positional encoding):
     ``F.normalize`` exports as ``x / Expand(Clip(ReduceL2(x), eps))``.  In int8 the quantised norm
     can land on its zero point and TFLite's DIV kernel then refuses to run (``div.cc: data[i] !=
     zero_point``: the first full-INT8 EdgeFace failed this way on some faces), and the 16x8 quantiser
-    has no DIV at all.  ``x * Pow(Max(ReduceSum(x * x), eps^2), -0.5)`` is the same function;
-    TensorFlow turns the power into RSQRT, so the graph becomes MUL/SUM/MAXIMUM/RSQRT, which both
-    quantisers take.
-``fold_layernorm_affine``
-    A LayerNorm's gamma is the constant operand of an element-wise MUL, which TFLite quantises per
-    tensor: EdgeFace's downsample norms have gammas from 0.002 to 0.12, so the small ones keep
-    a few int8 steps.  Where the normalised tensor only feeds a Gemm (through Reshape / Transpose /
-    Flatten that keep the normalised axis whole) or an unpadded Conv, gamma and beta are folded into
-    that layer's weights and bias, which are quantised per output channel.
+    has no DIV at all.  ``x * Pow(Max(ReduceMean(x * x), eps^2 / n), -0.5) / sqrt(n)`` is the same
+    function; TensorFlow turns the power into RSQRT, so the graph becomes MUL/MEAN/MAXIMUM/RSQRT, which
+    both quantisers take (a mean, not a sum: TFLite's 16-bit SUM of 196 squares lost the norm,
+    cosine 0.88 to float, where MEAN keeps it).
 ``layernorm_centred``
-    onnx2tf writes LayerNormalization as Keras' ``x * (gamma rsqrt(var)) - mean * (gamma rsqrt(var))
-    + beta``: in int8 the two products are large and nearly equal, and their difference (the
-    normalised value) drowns in their rounding; its ``SQUARED_DIFFERENCE`` also has no 16x8 kernel.
-    ``d = x - mean(x); d * Pow(mean(d * d) + eps, -0.5) * gamma + beta`` is the same function with
-    the subtraction first, at the input's own scale (SUB/MUL/MEAN/RSQRT); a folded gamma of ones and
-    beta of zeros are left out.
+    onnx2tf writes LayerNormalization as Keras' moments + batchnorm (``SQUARED_DIFFERENCE``,
+    ``x * s - mean * s + beta``); TFLite's 16x8 quantiser has no ``SQUARED_DIFFERENCE`` kernel
+    (the a16w8 model does not run).  ``d = x - mean(x); d * Pow(mean(d * d) + eps, -0.5) * gamma +
+    beta`` is the same function in SUB/MUL/MEAN/RSQRT, which it has.
 ``rename``
     onnx2tf names some Keras layers after their ONNX node (grouped convolutions it does not take
     as depthwise: EdgeFace's ``/model/stages/.../conv_dw/Conv``), and SavedModel generation refuses
     op names outside ``[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*``.  A graph rewritten by the steps above also
     gets every node and tensor name in ``[A-Za-z0-9_.]``.  Graphs needing no rewrite keep their
     names: onnx2tf has converted them as they are (MiniFASNet's ``/conv1/...`` included).
+
+These make EdgeFace convert to float, int8 and 16x8 TFLite and run; they do not make full INT8
+accurate (per-tensor int8 activations lose LayerNorm's per-token variance and the outlier channels:
+cosine to float about 0.29): see ``models/edgeface-xxs-fp16/MODEL_CARD.md``.
 
 When a step was applied, the prepared graph is run beside the original on the check inputs (real
 calibration crops in ``convert``) and must reproduce it (cosine >= ``min_cosine``), else
@@ -266,72 +263,6 @@ def find_layernorms(model) -> list:
     return found
 
 
-def _axis_through(node, axis: int, shapes: dict) -> int | None:
-    """Where axis ``axis`` of ``node``'s input lands in its output, when the node keeps it whole and in order
-    (Transpose, or a Reshape/Flatten that regroups only the axes before and after it); else None."""
-    from onnx import helper
-
-    if node.op_type == "Transpose":
-        perm = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "perm"), None)
-        return list(perm).index(axis) if perm is not None else None
-    if node.op_type not in ("Reshape", "Flatten"):
-        return None
-    src, dst = shapes.get(node.input[0]), shapes.get(node.output[0])
-    if not src or not dst or min(src) <= 0 or min(dst) <= 0:
-        return None
-    before, size, after = int(np.prod(src[:axis])), src[axis], int(np.prod(src[axis + 1:]))
-    for j, dim in enumerate(dst):
-        if dim == size and int(np.prod(dst[:j])) == before and int(np.prod(dst[j + 1:])) == after:
-            return j
-    return None
-
-
-def find_foldable_affines(model) -> list[tuple]:
-    """LayerNorms (last axis, constant gamma/beta) whose output reaches exactly one Gemm (as A, no transA) or
-    unpadded group-1 Conv with constant weights, through single-consumer axis-keeping reshapes: (layernorm,
-    layer, axis in the layer's input) each."""
-    from onnx import helper
-
-    values = {init.name for init in model.graph.initializer}
-    users = _consumers(model)
-    outputs = {o.name for o in model.graph.output}
-    shapes = _static_shapes(model)
-    found = []
-    for ln in find_layernorms(model):
-        if len(ln.input) < 2 or any(i not in values for i in ln.input[1:] if i):
-            continue
-        rank = len(shapes.get(ln.input[0], []))
-        if not rank:
-            continue
-        axis, current = rank - 1, ln
-        while True:
-            if current.output[0] in outputs:
-                break
-            next_nodes = users.get(current.output[0], [])
-            if len(next_nodes) != 1:
-                break
-            node = next_nodes[0]
-            if node.op_type in ("Gemm", "Conv"):
-                if node.input[0] != current.output[0] or len(node.input) < 2 or node.input[1] not in values:
-                    break
-                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-                if node.op_type == "Gemm":
-                    ok = axis == 1 and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0 \
-                        and attrs.get("beta", 1.0) == 1.0 and (len(node.input) < 3 or node.input[2] in values)
-                else:
-                    ok = axis == 1 and attrs.get("group", 1) == 1 and not any(attrs.get("pads", [])) \
-                        and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID", "NOTSET", "VALID") \
-                        and (len(node.input) < 3 or node.input[2] in values)
-                if ok:
-                    found.append((ln, node, axis))
-                break
-            axis = _axis_through(node, axis, shapes)
-            if axis is None:
-                break
-            current = node
-    return found
-
-
 def bad_names(model) -> list[str]:
     """Node and tensor names a SavedModel refuses as op names."""
     names = [n.name for n in model.graph.node if n.name]
@@ -416,15 +347,16 @@ def fuse_gelu(model) -> int:
 
 
 def l2norm_rsqrt(model) -> int:
-    """Rewrite each :func:`find_l2norms` match in place as ``x * Pow(Max(ReduceSum(x * x), eps^2), -0.5)``
-    (opset >= 13: ReduceSum takes its axes as an input); returns how many."""
+    """Rewrite each :func:`find_l2norms` match in place as ``x * Pow(Max(ReduceMean(x * x), eps^2 / n), -0.5)
+    / sqrt(n)`` over its ``n`` reduced elements (opset >= 18: ReduceMean takes its axes as an input); returns
+    how many."""
     from onnx import helper, numpy_helper
 
     matches = find_l2norms(model)
     if not matches:
         return 0
-    if _opset(model) < 13:
-        raise PrepareError(f"the L2-norm rewrite needs opset 13; the graph is at {_opset(model)}")
+    if _opset(model) < 18:
+        raise PrepareError(f"the L2-norm rewrite needs opset 18; the graph is at {_opset(model)}")
     shapes = _static_shapes(model)
     replace, drop = {}, set()
     for k, (x, nodes, axes, eps, output) in enumerate(matches):
@@ -461,61 +393,6 @@ def l2norm_rsqrt(model) -> int:
     return len(matches)
 
 
-def fold_layernorm_affine(model) -> int:
-    """Fold each :func:`find_foldable_affines` LayerNorm's gamma and beta into its Gemm/Conv (in place); the
-    LayerNorm keeps gamma 1 and beta 0.  Returns how many were folded."""
-    from onnx import helper, numpy_helper
-
-    matches = find_foldable_affines(model)
-    inits = {init.name: init for init in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-
-    def put(name: str, value: np.ndarray) -> str:
-        """``value`` under a fresh initialiser name (the old one may be shared)."""
-        new = f"{name}_folded"
-        k = 1
-        while new in inits:
-            k += 1
-            new = f"{name}_folded{k}"
-        tensor = numpy_helper.from_array(value, new)
-        model.graph.initializer.append(tensor)
-        inits[new] = tensor
-        return new
-
-    for k, (ln, layer, _axis) in enumerate(matches):
-        gamma = numpy_helper.to_array(inits[ln.input[1]]).astype(np.float64)
-        beta = (numpy_helper.to_array(inits[ln.input[2]]).astype(np.float64)
-                if len(ln.input) > 2 and ln.input[2] else np.zeros_like(gamma))
-        weight = numpy_helper.to_array(inits[layer.input[1]]).astype(np.float64)
-        attrs = {a.name: helper.get_attribute_value(a) for a in layer.attribute}
-        if layer.op_type == "Gemm":
-            outputs = weight.shape[0] if attrs.get("transB", 0) else weight.shape[1]
-            kernel = weight.T if attrs.get("transB", 0) else weight  # (K, N)
-            shift = beta @ kernel
-            kernel = kernel * gamma[:, None]
-            weight = kernel.T if attrs.get("transB", 0) else kernel
-        else:  # Conv, weight (O, C, kh, kw)
-            outputs = weight.shape[0]
-            shift = np.einsum("ocij,c->o", weight, beta)
-            weight = weight * gamma[None, :, None, None]
-        bias = (numpy_helper.to_array(inits[layer.input[2]]).astype(np.float64).reshape(-1)
-                if len(layer.input) > 2 and layer.input[2] else np.zeros(outputs))
-        dtype = numpy_helper.to_array(inits[layer.input[1]]).dtype
-        layer.input[1] = put(layer.input[1], weight.astype(dtype))
-        if len(layer.input) > 2 and layer.input[2]:
-            layer.input[2] = put(layer.input[2], (bias + shift).astype(dtype))
-        else:
-            layer.input.append(put(f"ln_fold_{k}_bias", (bias + shift).astype(dtype)))
-        ln.input[1] = put(ln.input[1], np.ones_like(gamma, dtype=dtype))
-        if len(ln.input) > 2 and ln.input[2]:
-            ln.input[2] = put(ln.input[2], np.zeros_like(gamma, dtype=dtype))
-    _drop_unused(model)
-    return len(matches)
-
-
 def layernorm_centred(model) -> int:
     """Rewrite each :func:`find_layernorms` node in place as ``(x - mean) * Pow(var + eps, -0.5) * gamma + beta``
     (opset >= 18: ReduceMean takes its axes as an input); returns how many."""
@@ -537,11 +414,6 @@ def layernorm_centred(model) -> int:
             np.array(attrs.get("epsilon", 1e-5), np.float32), f"{tag}_eps"))
         x, gamma = node.input[0], node.input[1]
         beta = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        values = _constants(model) if k == 0 else values
-        if gamma in values and np.all(values[gamma] == 1):
-            gamma = None
-        if beta in values and not np.any(values[beta]):
-            beta = None
         out = node.output[0]
         chain = [
             helper.make_node("ReduceMean", [x, "ln_axes"], [f"{tag}_mean"], name=f"{tag}_mean", keepdims=1),
@@ -550,15 +422,11 @@ def layernorm_centred(model) -> int:
             helper.make_node("ReduceMean", [f"{tag}_sq", "ln_axes"], [f"{tag}_var"], name=f"{tag}_var", keepdims=1),
             helper.make_node("Add", [f"{tag}_var", f"{tag}_eps"], [f"{tag}_var_eps"], name=f"{tag}_add_eps"),
             helper.make_node("Pow", [f"{tag}_var_eps", "ln_power"], [f"{tag}_inv_std"], name=f"{tag}_rsqrt"),
+            helper.make_node("Mul", [f"{tag}_centred", f"{tag}_inv_std"], [f"{tag}_normed"], name=f"{tag}_normalise"),
+            helper.make_node("Mul", [f"{tag}_normed", gamma], [f"{tag}_scaled" if beta else out], name=f"{tag}_gamma"),
         ]
-        normed = out if gamma is None and beta is None else f"{tag}_normed"
-        chain.append(helper.make_node("Mul", [f"{tag}_centred", f"{tag}_inv_std"], [normed], name=f"{tag}_normalise"))
-        if gamma is not None:
-            scaled = out if beta is None else f"{tag}_scaled"
-            chain.append(helper.make_node("Mul", [normed, gamma], [scaled], name=f"{tag}_gamma"))
-            normed = scaled
-        if beta is not None:
-            chain.append(helper.make_node("Add", [normed, beta], [out], name=f"{tag}_beta"))
+        if beta:
+            chain.append(helper.make_node("Add", [f"{tag}_scaled", beta], [out], name=f"{tag}_beta"))
         replace[id(node)] = chain
     kept = []
     for node in model.graph.node:
@@ -689,17 +557,13 @@ def prepare(model, check_inputs: np.ndarray | None = None, min_cosine: float = M
     if norms:
         if work is model:
             work = _copy(model)
+        if _opset(work) < 18:
+            old = _opset(work)
+            work = raise_opset(work, 18)
+            record("raise_opset", "ReduceMean with axes as an input needs opset 18", opset_from=old, opset_to=18)
         rewritten = l2norm_rsqrt(work)
         record("l2norm_rsqrt", "int8 DIV by a quantised norm can divide by zero and 16x8 has no DIV; "
                "x * (mean x^2)^-0.5 / sqrt(n) quantises as MUL/MEAN/RSQRT", rewritten=rewritten)
-    affines = find_foldable_affines(work)
-    if affines:
-        if work is model:
-            work = _copy(model)
-        folded = fold_layernorm_affine(work)
-        record("fold_layernorm_affine", "a per-tensor int8 MUL keeps few steps of small LayerNorm gammas; "
-               "folded into the next Gemm/Conv they are quantised per output channel",
-               folded=folded, of=len(find_layernorms(work)))
     layernorms = find_layernorms(work)
     if layernorms:
         if work is model:
@@ -709,8 +573,8 @@ def prepare(model, check_inputs: np.ndarray | None = None, min_cosine: float = M
             work = raise_opset(work, 18)
             record("raise_opset", "ReduceMean with axes as an input needs opset 18", opset_from=old, opset_to=18)
         rewritten = layernorm_centred(work)
-        record("layernorm_centred", "int8 loses Keras' x*s - mean*s LayerNorm to cancellation and 16x8 has no "
-               "SQUARED_DIFFERENCE; (x - mean) * (var + eps)^-0.5 subtracts first", rewritten=rewritten)
+        record("layernorm_centred", "16x8 has no SQUARED_DIFFERENCE (Keras' LayerNorm moments); "
+               "(x - mean) * (mean (x - mean)^2 + eps)^-0.5 is MEAN/SUB/MUL/RSQRT", rewritten=rewritten)
     refused = bad_names(work) if steps else []
     if refused:
         if work is model:
