@@ -1,0 +1,16 @@
+"""CFP (cfp-ff / cfp-fp, from the OUT folder name) of float student ONNX files with the student's input spec (RGB, (x - 127.5) / 128) through onnxruntime: `edge-model eval` on a bare ONNX assumes SFace's 0..255 input.
+
+Usage: python tools/eval_student_onnx.py OUT/cfp-ff MODEL.onnx [MODEL2.onnx]
+"""
+import json, sys
+from pathlib import Path
+from edge.embedder import OnnxRuntimeEmbedder
+from edge_model.evaluate import evaluate
+
+spec = {"width": 112, "height": 112, "channels": 3, "layout": "NCHW", "dtype": "float32",
+        "color": "RGB", "mean": [127.5] * 3, "std": [128.0] * 3}
+models = [Path(p) for p in sys.argv[2:]]
+out = Path(sys.argv[1])
+embedders = [OnnxRuntimeEmbedder(m, threads=2, input_spec=spec) for m in models]
+report = evaluate(models, sys.argv[1].rstrip("/").split("/")[-1], Path("../shared/faces/eval/cfp"), None, out, embedders=embedders, progress=False)
+print(json.dumps({k: report[k] for k in report if k in ("models", "cosine", "failed_pairs")}, default=str)[:3000])
