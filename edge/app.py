@@ -157,9 +157,9 @@ class Recognizer:
         self.alarm = AttackAlarm(config.liveness.alert_attacks, config.liveness.alert_window_seconds)
         self.source = source if source is not None else open_source(config)
         log.info(
-            "recognizer ready to start: detector %s, embedder %s (%s, %d threads), threshold %.3f, %d people",
-            config.detector.model, self.embedder.model_id, self.embedder.runtime, config.embedder.threads,
-            self.threshold, self.matcher.identities,
+            "recognizer ready to start: detector %s, embedder %s (%s, %d threads; licence: %s), threshold %.3f, "
+            "%d people", config.detector.model, self.embedder.model_id, self.embedder.runtime, config.embedder.threads,
+            self.embedder.bundle.manifest.get("licence", "?"), self.threshold, self.matcher.identities,
         )
 
     def set_threshold(self, threshold: float) -> None:

@@ -74,7 +74,9 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class EmbedderConfig:
-    model: str = _field("sface-int8", doc="bundle name under models_dir, or a path to a bundle folder")
+    model: str = _field("edgeface-xxs-fp16", doc="bundle name under models_dir, or a path to a bundle folder; "
+                                                 "the default's weights are for non-commercial research use only "
+                                                 "(WebFace): sface-int8 is the Apache-2.0 choice")
     threads: int = _field(2, lo=1, hi=16, doc="XNNPACK threads")
     runtime: str = _field("auto", choices=("auto", "ai-edge-litert", "tflite-runtime"))
     delegate: str = _field("", doc="TFLite external delegate library for an accelerator (e.g. libedgetpu.so.1 for a "

@@ -45,7 +45,7 @@ def check_recognizer(config: Config) -> list[str]:
     embedder = build_embedder(config)
     threshold = effective_threshold(config, embedder)
     report.append(f"embedder {embedder.model_id} on {embedder.runtime}: sha256 and manifest seal ok, "
-                  f"threshold {threshold:.4f}")
+                  f"threshold {threshold:.4f}; licence: {embedder.bundle.manifest.get('licence', '?')}")
     for companion in build_companions(config, embedder.model_id):
         effective_threshold(config, companion, config.decision.confirm_threshold)
         report.append(f"confirm model {companion.model_id}: ok")

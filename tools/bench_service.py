@@ -1,6 +1,6 @@
 """Door-service figures: face-appears -> relay-on latency, service RSS, idle and busy CPU.
 
-    .venv/bin/python tools/bench_service.py [--runs 20] [--fps 10] [--seconds 10] [--json]
+    .venv/bin/python tools/bench_service.py [--runs 20] [--fps 10] [--seconds 10] [--embedder NAME ...] [--json]
 
 * Latency: a real ``edge door`` process (gpiozero mock pins, its JSON-lines events log) and the recognizer
   service (:class:`edge.service.recognizer_service.RecognizerService`, the code ``edge serve`` runs) on the
@@ -60,7 +60,7 @@ def _person_dir(work: Path, tag: str) -> Path:
     return folder
 
 
-def latency(work: Path, runs: int, fps: float) -> dict:
+def latency(work: Path, runs: int, fps: float, embedder: str) -> dict:
     from edge.service.recognizer_service import RecognizerService
 
     person = _person_dir(work, "person_a")
@@ -82,6 +82,7 @@ def latency(work: Path, runs: int, fps: float) -> dict:
             "camera": {"source": "fake", "path": str(script), "fps": fps},
             # No threshold key: the bundle's own tuned one, as on a door.
             "decision": {"cooldown_seconds": 0.0},
+            "embedder": {"model": embedder},
             "demo": {"enroll": True},
             "door": {"socket": str(door_sock), "recognizer_user": str(os.getuid())},
             "log_level": "warning",
@@ -131,7 +132,7 @@ def latency(work: Path, runs: int, fps: float) -> dict:
             "granted_on_third_face_frame": len(pipeline)}
 
 
-def resources(work: Path, script_text: str, fps: float, seconds: float) -> dict:
+def resources(work: Path, script_text: str, fps: float, seconds: float, embedder: str) -> dict:
     import psutil
 
     script = work / f"res-{fps}-{abs(hash(script_text))}.script"
@@ -139,6 +140,7 @@ def resources(work: Path, script_text: str, fps: float, seconds: float) -> dict:
     config = _toml(work / "res.toml", {
         "state_dir": str(work / "state"),
         "camera": {"source": "fake", "path": str(script), "fps": fps},
+        "embedder": {"model": embedder},
         "demo": {"enroll": True},
         "door": {"socket": ""},
         "log_level": "warning",
@@ -192,24 +194,40 @@ def resources(work: Path, script_text: str, fps: float, seconds: float) -> dict:
 @click.option("--runs", default=20, show_default=True)
 @click.option("--fps", default=10.0, show_default=True, help="camera frame rate for the latency and busy/idle runs")
 @click.option("--seconds", default=10.0, show_default=True, help="sampling time for RSS/CPU")
+@click.option("--embedder", "embedders", multiple=True,
+              help="Embedder bundle(s) to compare in this one run (default: the configured default).")
 @click.option("--json", "as_json", is_flag=True)
-def main(runs, fps, seconds, as_json):
+def main(runs, fps, seconds, embedders, as_json):
+    from edge.config import default_config
+
+    embedders = embedders or (default_config().embedder.model,)
     work = Path(tempfile.mkdtemp(prefix="edge-bench-service-"))
     work.chmod(0o755)
+    results = {}
     try:
-        person = _person_dir(work, "person_a")
-        figures = {
-            "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
-            "latency": latency(work, runs, fps),
-            "idle": resources(work, "blank 100000\n", fps, seconds),
-            "busy": resources(work, f"images {person} 20000\n", fps, seconds),
-            "flat_out": resources(work, f"images {person} 20000\n", 0.0, seconds),
-        }
+        for embedder in embedders:
+            folder = work / embedder.replace("/", "_")  # its own state: the demo gallery is enrolled per model
+            folder.mkdir()
+            folder.chmod(0o755)
+            person = _person_dir(folder, "person_a")
+            results[embedder] = {
+                "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
+                "latency": latency(folder, runs, fps, embedder),
+                "idle": resources(folder, "blank 100000\n", fps, seconds, embedder),
+                "busy": resources(folder, f"images {person} 20000\n", fps, seconds, embedder),
+                "flat_out": resources(folder, f"images {person} 20000\n", 0.0, seconds, embedder),
+            }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if as_json:
-        click.echo(json.dumps(figures, indent=2))
+        click.echo(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
         return
+    for embedder, figures in results.items():
+        click.echo(f"== embedder {embedder}")
+        _print(figures, fps)
+
+
+def _print(figures: dict, fps: float) -> None:
     lat = figures["latency"]
     click.echo(f"machine: {figures['machine']}")
     click.echo(f"face appears -> relay on, {lat['unlocked']}/{lat['runs']} visits at {lat['fps']:g} fps: "
