@@ -39,6 +39,7 @@ def write_config(tmp_path: Path, socket_dir: Path, **camera) -> Path:
     path = tmp_path / "edge.toml"
     path.write_text(
         f'state_dir = "{tmp_path / "state"}"\nmodels_dir = "{MODELS}"\n'
+        '[embedder]\nmodel = "sface-int8"\n'  # threshold 1.0 is an SFace distance, as the embedder fixture's
         "[decision]\nthreshold = 1.0\n[demo]\nenroll = true\n"
         "[camera]\n" + "".join(f"{k} = {v}\n" for k, v in cam.items())
         + f'[enrollment]\nsocket_path = "{socket_dir / "control.sock"}"\nmin_sample_interval = 0.0\ntimeout = 600.0\n'

@@ -108,7 +108,8 @@ def edit_manifest(bundle, change, reseal=False):
 
 
 def config_with(tmp_path, models, extra=""):
-    return write_config(tmp_path, f'models_dir = "{models}"\n[demo]\nenroll = true\n'
+    # These tests tamper with the sface-int8 bundle, so they select it (the default embedder is EdgeFace).
+    return write_config(tmp_path, f'models_dir = "{models}"\n[demo]\nenroll = true\n[embedder]\nmodel = "sface-int8"\n'
                                   f'[camera]\nsource = "replay"\nfps = 0.0\n{extra}')
 
 
@@ -222,7 +223,7 @@ START_FAILURES = [
     ("[embedder]\nmodel = './nowhere/bundle'\n", 66, "does not exist"),
     ("[embedder]\nmodel = 'student-int8'\n", 66, "no tuned threshold"),
     ("[embedder]\nconfirm_model = 'no-such-bundle'\n", 66, "does not exist"),
-    ("[embedder]\nconfirm_model = 'sface-int8'\n", 78, "two-stage needs a different"),
+    ("[embedder]\nconfirm_model = 'edgeface-xxs-fp16'\n", 78, "two-stage needs a different"),
     ("[camera]\nsource = 'replay'\npath = '/nonexistent/frames'\n", 74, "does not exist"),
     ("[camera]\nsource = 'opencv'\npath = '/dev/video99'\n", 74, "/dev/video99 does not exist"),
     ("[camera]\nsource = 'opencv'\npath = '/etc/hostname-not-a-video'\n", 74, "neither a device"),

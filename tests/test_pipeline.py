@@ -63,6 +63,7 @@ def test_replay_demo_grants_enrolled_and_not_the_stranger(tmp_path):
 def test_gallery_reload_while_running(tmp_path, detector, embedder):
     frames = [load_image(FIXTURES / "person_b_2.jpg")] * 12
     config = config_from_dict({"state_dir": str(tmp_path / "state"), "gallery": {"reload_interval": 0.05},
+                               "embedder": {"model": "sface-int8"},  # the model of the enrolling fixture
                                "decision": {"cooldown_seconds": 0.0}})
     recognizer = Recognizer(config, source=FakeSource(frames))
     decisions = []

@@ -48,6 +48,7 @@ class Service:
         self.sections = {
             "state_dir": str(folder / "state"),
             "camera": {"source": "fake", "path": "camera.script", "fps": fps},
+            "embedder": {"model": "sface-int8"},  # the pinned threshold below is SFace's
             "decision": {"threshold": _threshold(), "cooldown_seconds": 30.0, **(decision or {})},
             "demo": {"enroll": True},
             "door": {"socket": str(folder / "door.sock"), "recognizer_user": str(os.getuid()),

@@ -120,7 +120,7 @@ def test_a_two_stage_export_imports_into_a_two_stage_and_a_single_model_unit(tmp
     assert again.returncode == 0 and "4 samples already here" in again.stdout
     # A unit that runs SFace alone takes the SFace samples; one that runs neither model refuses the file.
     sface = tmp_path / "s.toml"
-    sface.write_text(f'state_dir = "{tmp_path / "s"}"\n')
+    sface.write_text(f'state_dir = "{tmp_path / "s"}"\n[embedder]\nmodel = "sface-int8"\n')
     assert "2 samples" in edge("enroll", "import", "-c", str(sface), str(export)).stdout
     other = tmp_path / "d.toml"
     other.write_text(f'state_dir = "{tmp_path / "d"}"\n[embedder]\nmodel = "{FIXTURES.parent / "tiny-int8"}"\n'
