@@ -530,6 +530,16 @@ def prepare(model, check_inputs: np.ndarray | None = None, min_cosine: float = M
         log.info("onnx prepare: %s (%s)%s", step, why,
                  "".join(f"; {k} {v}" for k, v in detail.items()))
 
+    def editable_at(work, opset: int, why: str):
+        """``work`` safe to edit (a copy while it is still the caller's model) at ``opset`` or above."""
+        if work is model:
+            work = _copy(model)
+        if _opset(work) < opset:
+            old = _opset(work)
+            work = raise_opset(work, opset)
+            record("raise_opset", why, opset_from=old, opset_to=opset)
+        return work
+
     work = model
     shapes = shape_ops(model)
     if shapes:
@@ -544,34 +554,19 @@ def prepare(model, check_inputs: np.ndarray | None = None, min_cosine: float = M
                nodes_before=before, nodes_after=len(work.graph.node))
     gelus = find_gelus(work)
     if gelus:
-        if work is model:
-            work = _copy(model)
-        if _opset(work) < GELU_OPSET:
-            old = _opset(work)
-            work = raise_opset(work, GELU_OPSET)
-            record("raise_opset", "ONNX Gelu needs opset 20", opset_from=old, opset_to=GELU_OPSET)
+        work = editable_at(work, GELU_OPSET, "ONNX Gelu needs opset 20")
         fused = fuse_gelu(work)
         record("fuse_gelu", "TFLite has no Erf builtin; Gelu maps to its GELU builtin (exact, int8 kernel)",
                fused=fused)
     norms = find_l2norms(work)
     if norms:
-        if work is model:
-            work = _copy(model)
-        if _opset(work) < 18:
-            old = _opset(work)
-            work = raise_opset(work, 18)
-            record("raise_opset", "ReduceMean with axes as an input needs opset 18", opset_from=old, opset_to=18)
+        work = editable_at(work, 18, "ReduceMean with axes as an input needs opset 18")
         rewritten = l2norm_rsqrt(work)
         record("l2norm_rsqrt", "int8 DIV by a quantised norm can divide by zero and 16x8 has no DIV; "
                "x * (mean x^2)^-0.5 / sqrt(n) quantises as MUL/MEAN/RSQRT", rewritten=rewritten)
     layernorms = find_layernorms(work)
     if layernorms:
-        if work is model:
-            work = _copy(model)
-        if _opset(work) < 18:
-            old = _opset(work)
-            work = raise_opset(work, 18)
-            record("raise_opset", "ReduceMean with axes as an input needs opset 18", opset_from=old, opset_to=18)
+        work = editable_at(work, 18, "ReduceMean with axes as an input needs opset 18")
         rewritten = layernorm_centred(work)
         record("layernorm_centred", "16x8 has no SQUARED_DIFFERENCE (Keras' LayerNorm moments); "
                "(x - mean) * (mean (x - mean)^2 + eps)^-0.5 is MEAN/SUB/MUL/RSQRT", rewritten=rewritten)
