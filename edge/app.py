@@ -182,8 +182,7 @@ class Recognizer:
             self.confirm_matcher.margin = d.margin
         self.decider.reconfigure(d.frames_required, d.window_frames, d.window_seconds, d.cooldown_seconds)
         for check in self.checks:
-            if hasattr(check, "reload"):
-                check.reload(config)
+            check.reload(config)
         self.alarm.count, self.alarm.window_seconds = config.liveness.alert_attacks, config.liveness.alert_window_seconds
         self.config = dataclasses.replace(self.config, decision=config.decision, liveness=config.liveness)
 
@@ -264,11 +263,10 @@ class Recognizer:
         try:
             if decision.outcome is Outcome.GRANTED:
                 self.gallery.touch_seen(decision.person_id)
-            detail = ({"check": decision.check, "reason": decision.reason, "score": decision.score,
-                       "alert": decision.alert} if decision.check else None)
             self.gallery.log_event(
                 decision.outcome.value, name=decision.name, person_id=decision.person_id,
-                distance=decision.distance, frames=decision.frames, model_id=decision.model, detail=detail,
+                distance=decision.distance, frames=decision.frames, model_id=decision.model,
+                detail=decision.check_detail() or None,
             )
         except GalleryError as exc:
             log.error("decision not written to the audit table: %s", exc)

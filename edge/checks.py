@@ -36,6 +36,9 @@ class FaceCheck(abc.ABC):
     def check(self, frame: Frame, faces: Sequence[Face]) -> list[Verdict]:
         """One verdict per face, in order."""
 
+    def reload(self, config) -> None:
+        """Take what a reloaded config changes without rebuilding (SIGHUP); most checks have nothing to take."""
+
 
 def check_names(config) -> list[str]:
     return [name.strip() for name in config.decision.face_checks.split(",") if name.strip()]
@@ -45,8 +48,8 @@ def build_checks(config) -> list[FaceCheck]:
     return [CHECKS.load(name).from_config(config) for name in check_names(config)]
 
 
-def liveness_bundle_paths(config) -> list:
-    return [config.model_path(name.strip()) for name in config.liveness.models.split(",") if name.strip()]
+def liveness_model_names(config) -> list[str]:
+    return [name.strip() for name in config.liveness.models.split(",") if name.strip()]
 
 
 class LivenessCheck(FaceCheck):
@@ -68,7 +71,7 @@ class LivenessCheck(FaceCheck):
         from .errors import ConfigError
         from .liveness import load_liveness
 
-        paths = liveness_bundle_paths(config)
+        paths = [config.model_path(name) for name in liveness_model_names(config)]
         if not paths:
             raise ConfigError("decision.face_checks names liveness but liveness.models is empty")
         check = cls(load_liveness(paths, threads=config.liveness.threads), config.liveness.threshold)

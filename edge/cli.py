@@ -135,14 +135,11 @@ def run(config_path, max_frames, as_json):
             for sink in sinks:
                 sink.submit(event.as_dict())
         if as_json:
-            checked = {}
-            if decision.check:
-                checked = {"check": decision.check, "reason": decision.reason, "score": decision.score,
-                           "alert": decision.alert}
             click.echo(json.dumps({
                 "outcome": decision.outcome.value, "name": decision.name, "distance": decision.distance,
                 "frames": decision.frames, "window": decision.window, "frame": decision.frame_index,
-                "model": decision.model, "since_start_s": round(time.monotonic() - started, 3), **checked,
+                "model": decision.model, "since_start_s": round(time.monotonic() - started, 3),
+                **decision.check_detail(),
             }))
         else:
             click.echo(decision.describe())
@@ -242,11 +239,11 @@ def models(config_path):
     if config.gallery_path().exists():
         with Gallery(config.gallery_path(), create=False) as gallery:
             gallery_models = gallery.model_counts()
-    from .checks import check_names
+    from .checks import check_names, liveness_model_names
 
     selected = {config.embedder.model, config.detector.model, config.embedder.confirm_model} - {""}
     if "liveness" in check_names(config):
-        selected |= {name.strip() for name in config.liveness.models.split(",")} - {""}
+        selected |= set(liveness_model_names(config))
     broken = []
     installed: set[str] = set()
     for folder in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):

@@ -110,6 +110,12 @@ class Decision:
     score: float | None = None  # REFUSED/SPOOF: the check's score for the last refused face
     alert: bool = False  # SPOOF: one of several attacks within the alert window (edge.decide.AttackAlarm)
 
+    def check_detail(self) -> dict:
+        """REFUSED/SPOOF: the face check's fields (check, reason, score, alert) for the audit row, events and JSON."""
+        if not self.check:
+            return {}
+        return {"check": self.check, "reason": self.reason, "score": self.score, "alert": self.alert}
+
     def describe(self) -> str:
         """One human line, as printed by ``edge run`` and written to the journal."""
         if self.outcome is Outcome.GRANTED:

@@ -13,13 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.checks import liveness_model_names
 from edge.config import default_config, load_config
 
 from .conftest import MODELS, ROOT
 
 SAMPLES = ROOT.parent / "shared" / "models" / "minifasnet" / "samples"
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/models/minifasnet is not present")
-LIVENESS_BUNDLES = [name.strip() for name in default_config().liveness.models.split(",")]
+LIVENESS_BUNDLES = liveness_model_names(default_config())
 
 
 def edge(*args, timeout=300, **kwargs):

@@ -191,13 +191,9 @@ class EventBus:
 
 def decision_event(decision) -> Event:
     """A :class:`edge.types.Decision` as an event (kind = the outcome)."""
-    checked = {}
-    if decision.check:
-        checked = {"check": decision.check, "reason": decision.reason}
-        if decision.score is not None:
-            checked["score"] = round(decision.score, 4)
-        if decision.alert:
-            checked["alert"] = True
+    # Journal fields and sink payloads carry only what is set: no EDGE_SCORE=None, no alert=false.
+    checked = {k: round(v, 4) if k == "score" else v for k, v in decision.check_detail().items()
+               if v is not None and v is not False}
     return Event(
         kind=decision.outcome.value, message=decision.describe(), person=decision.name, person_id=decision.person_id,
         distance=decision.distance, frames=decision.frames, model=decision.model or None,
