@@ -184,3 +184,26 @@ def test_a_new_projection_head_starts_at_the_least_squares_fit():
     t = F.normalize(s, dim=1) @ true
     proj = fit_projection(projection_head(16, 64), s, t, ridge=1e-6)
     assert F.cosine_similarity(proj(F.normalize(s, dim=1)), t).min().item() > 0.999
+
+
+def test_a_smaller_input_keeps_every_weight_and_the_gdc_sum():
+    from edge_model.student_init import resample_input
+
+    base = _random_bn(Student(StudentConfig(**TINY)))
+    same = resample_input(base, 32)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(same(x), base(x))
+    small = resample_input(base, 16)
+    assert base.gdc[0].kernel_size == (2, 2)
+    assert small.config.input_size == 16 and small.gdc[0].kernel_size == (1, 1)
+    old, new = base.state_dict(), small.state_dict()
+    for name, tensor in old.items():
+        if name != "gdc.0.weight":
+            assert torch.equal(new[name], tensor), name
+    torch.testing.assert_close(new["gdc.0.weight"].sum(dim=(2, 3)), old["gdc.0.weight"].sum(dim=(2, 3)))
+    # then widened at the new size like any other start
+    wide = widen(small, StudentConfig(**{**TINY, "input_size": 16, "stages": [(32, 2), (32, 1), (128, 2)], "head": 96}), seed=1)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert F.cosine_similarity(small(x), wide(x)).min().item() > 0.999

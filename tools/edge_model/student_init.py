@@ -23,10 +23,12 @@ that branch's old ones; a block added at the end of a stage starts with its bran
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .student import InceptionBlock, Student, StudentConfig
@@ -314,6 +316,28 @@ def _check_growth(old: StudentConfig, new: StudentConfig) -> None:
     pairs += [(a[0], b[0]) for a, b in zip(po["stages"], pn["stages"])]
     if any(b < a for a, b in pairs) or any(b[1] < a[1] for a, b in zip(po["stages"], pn["stages"])):
         raise ValueError(f"widening only grows channels and blocks: {old} -> {new}")
+
+
+@torch.no_grad()
+def resample_input(model: Student, input_size: int) -> Student:
+    """``model`` for ``input_size`` x ``input_size`` faces: every weight kept, the global depthwise (GDC)
+    kernel resampled to the new last-stage side with its per-channel sum kept.
+
+    Not function-preserving (every convolution now sees the face at another scale), but the nearest start
+    a smaller input has to trained weights; the first steps of the stage adapt it.
+    """
+    src = copy.deepcopy(model).eval().cpu()
+    dst = Student(dataclasses.replace(src.config, input_size=input_size))
+    state = src.state_dict()
+    kernel = state["gdc.0.weight"]
+    side = dst.gdc[0].kernel_size
+    if tuple(kernel.shape[-2:]) != tuple(side):
+        resized = F.interpolate(kernel, size=side, mode="bilinear", align_corners=True)
+        # an even shift, not a rescale: a kernel of mixed signs can resample to a sum near zero
+        gap = kernel.sum(dim=(2, 3), keepdim=True) - resized.sum(dim=(2, 3), keepdim=True)
+        state["gdc.0.weight"] = resized + gap / (side[0] * side[1])
+    dst.load_state_dict(state)
+    return dst.eval()
 
 
 @torch.no_grad()

@@ -253,13 +253,15 @@ def calibration_batch(crops: np.ndarray, n: int = 256, seed: int = 0) -> torch.T
 
 def start_model(config: StudentConfig, crops: np.ndarray, widen_from: Path | None, seed: int) -> Student:
     """The shipped student (or ``widen_from``: a .tflite or stage checkpoint), widened to ``config``."""
-    from .student_init import SHIPPED_TFLITE, student_from_tflite, widen
+    from .student_init import SHIPPED_TFLITE, resample_input, student_from_tflite, widen
 
     source = widen_from or SHIPPED_TFLITE
     if str(source).endswith(".tflite"):
         base = student_from_tflite(source, StudentConfig(), calibration_batch(crops, seed=seed))
     else:
         base = load_stage(source)[0]
+    if base.config.input_size != config.input_size:
+        base = resample_input(base, config.input_size)
     return widen(base, config, seed) if base.config != config else base
 
 
@@ -393,6 +395,9 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
                    "(default: the shipped models/student-int8 TFLite).")
 @click.option("--stages", default=None, help="CHANNELSxBLOCKS,... of the (widened) student, e.g. 64x2,128x3,256x2.")
 @click.option("--head", type=int, default=None, help="Channels of the 1x1 head before the GDC (default 512).")
+@click.option("--input-size", type=click.IntRange(48, 112), default=112, show_default=True,
+              help="Side of the student's input; the 112 px view is area-resized to it, the teacher keeps 112. "
+                   "A smaller input buys width at equal MACs (the start is resampled: not function-preserving).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/crops"), show_default=True)
 @click.option("--limit", type=int, default=None, help="At most this many images (sampled with --seed).")
 @click.option("--heldout", default=0.03, show_default=True)
@@ -415,7 +420,7 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
 @click.option("--threads", type=int, default=None)
 @click.option("--no-export", is_flag=True)
 @boundary
-def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, cache_dir, limit, heldout, split_seed,
+def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input_size, cache_dir, limit, heldout, split_seed,
             batch_size, steps, max_minutes, lr, rel_weight, proj_weight, mixup, cutmix, aug_strength, eval_every,
             sface, bn_mode, seed, threads, no_export):
     """Distil a consistent teacher into the student, one resumable stage per run."""
@@ -431,7 +436,7 @@ def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, cache
     fit = train_idx[:: max(1, len(train_idx) // max(len(held), 1))][:max(len(held), 1)]
     teacher = teacher_from_option(teacher_opt)
     teacher_dim = int(teacher(torch.zeros(1, 3, 112, 112)).shape[1])
-    model, proj, stage = _initial(resume, widen_from, _config(stages, head, 112), crops, seed, teacher_dim,
+    model, proj, stage = _initial(resume, widen_from, _config(stages, head, input_size), crops, seed, teacher_dim,
                                   proj_weight > 0)
     info = count_macs(model, model.config.input_size)
     click.echo(f"stage {stage}: {len(crops)} crops ({len(held)} held out); student {info['macs'] / 1e6:.2f}M MACs, "
