@@ -207,3 +207,78 @@ def test_a_smaller_input_keeps_every_weight_and_the_gdc_sum():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert F.cosine_similarity(small(x), wide(x)).min().item() > 0.999
+
+
+def test_every_cfp_figure_of_the_training_record_is_in_its_readme():
+    """The student-wide README's CFP rows are the committed eval reports' numbers, not retyped ones."""
+    folder = ROOT / "models" / "student-wide"
+    readme = (folder / "README.md").read_text()
+    reports = sorted((folder / "eval").glob("stage-*/*.json"))
+    assert len(reports) >= 4
+    for path in reports:
+        for model in json.loads(path.read_text())["models"]:
+            acc = model["accuracy"]
+            figure = f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}"
+            assert figure in readme, f"{path.relative_to(folder)} {model['name']}: {figure}"
+
+
+def test_the_view_pool_stores_each_teachers_output_on_its_own_pixels(tmp_path, monkeypatch):
+    """SFace (real, from the package) and a second teacher embed exactly the stored uint8 views, drawn
+    from the training crops only; a second build with the same inputs reads the cache."""
+    from edge_model import view_pool
+    from edge_model.view_pool import build_pool, sface_teacher
+
+    crops = _fixture_crops()
+    train_idx = np.arange(len(crops) - 1)  # the last crop is held out
+    recipe = ViewRecipe(batch_size=4, mixup=0.3, cutmix=0.3, aug_strength=1.0)
+    other = RecordingTeacher(16)
+    pool = build_pool(crops, train_idx, recipe, 5, seed=3, teachers={"edgeface": other, "sface": sface_teacher()},
+                      cache_dir=tmp_path, progress=False)
+    assert pool.views.dtype == torch.uint8 and pool.views.shape == (5, 3, 112, 112)
+    assert torch.equal(torch.cat(other.seen), pool.views.float())
+    sface = sface_teacher()
+    for i in range(5):
+        again = sface(pool.views[i:i + 1].float())
+        assert F.cosine_similarity(again, pool.targets["sface"][i:i + 1]).item() > 0.9999
+    # the views are augmented views, not the clean crops or their mirrors
+    clean = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1])).permute(0, 3, 1, 2).float()
+    both = torch.cat([clean, clean.flip(-1)])
+    nearest = (pool.views.float()[:, None] - both[None]).abs().mean(dim=(2, 3, 4)).min(dim=1).values
+    assert nearest.max().item() > 2.0
+    monkeypatch.setattr(view_pool, "draw_pool", lambda *a, **k: pytest.fail("the cached pool was redrawn"))
+    cached = build_pool(crops, train_idx, recipe, 5, seed=3, teachers={"edgeface": other, "sface": sface},
+                        cache_dir=tmp_path, progress=False)
+    assert torch.equal(cached.views, pool.views)
+    torch.testing.assert_close(cached.targets["sface"], pool.targets["sface"])
+
+
+def test_a_step_with_pool_views_trains_on_those_pixels_against_the_fused_similarity():
+    from edge_model.train_consistent import pool_loss
+    from edge_model.view_pool import ViewPool, fused_similarity
+
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 24), torch.randn(6, 10)
+    na, nb = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    torch.testing.assert_close(fused_similarity({"edgeface": a, "sface": b}), (na @ na.t() + nb @ nb.t()) / 2)
+    # with one teacher the pool term is the ordinary consistent loss
+    s = torch.randn(6, 8)
+    proj = projection_head(8, 24)
+    torch.testing.assert_close(pool_loss(s, {"edgeface": a}, proj, 2.0, 1.0), consistent_loss(s, a, proj, 2.0, 1.0))
+
+    model = Student(StudentConfig(**TINY))
+    teacher = RecordingTeacher()
+    recipe = ViewRecipe(batch_size=4, student_size=32)
+    trainer = Trainer(model, proj := projection_head(model.config.embedding_size, 24), teacher,
+                      _optimiser(list(model.parameters()) + list(proj.parameters()), 1e-3, 0.0), recipe)
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    pool = ViewPool(torch.randint(0, 256, (7, 3, 112, 112), dtype=torch.uint8),
+                    {"edgeface": torch.randn(7, 24), "sface": torch.randn(7, 10)})
+    views, targets = pool.batch(3, torch.Generator().manual_seed(0))
+    view = draw_view(torch.randint(0, 256, (5, 112, 112, 3), dtype=torch.uint8), torch.arange(5), recipe,
+                     torch.Generator().manual_seed(1), np.random.default_rng(1))
+    trainer.step(view, 1e-3, (views, targets))
+    assert len(teacher.seen) == 1 and torch.equal(teacher.seen[0], view)  # the pool views need no teacher run
+    assert torch.allclose(seen[0][4:], student_input(views, 32))
+    rows = [int(np.flatnonzero([torch.equal(v, p.float()) for p in pool.views])[0]) for v in views]
+    torch.testing.assert_close(targets["sface"], pool.targets["sface"][rows])

@@ -7,10 +7,19 @@ from pathlib import Path
 from edge.embedder import OnnxRuntimeEmbedder
 from edge_model.evaluate import evaluate
 
-spec = {"width": 112, "height": 112, "channels": 3, "layout": "NCHW", "dtype": "float32",
-        "color": "RGB", "mean": [127.5] * 3, "std": [128.0] * 3}
+import onnx
+
+
+def input_spec(model: Path) -> dict:
+    """The student's pixel convention at the side the graph takes (112, or a smaller --input-size)."""
+    dims = onnx.load(str(model)).graph.input[0].type.tensor_type.shape.dim
+    side = int(dims[-1].dim_value)
+    return {"width": side, "height": side, "channels": 3, "layout": "NCHW", "dtype": "float32",
+            "color": "RGB", "mean": [127.5] * 3, "std": [128.0] * 3}
+
+
 models = [Path(p) for p in sys.argv[2:]]
 out = Path(sys.argv[1])
-embedders = [OnnxRuntimeEmbedder(m, threads=2, input_spec=spec) for m in models]
+embedders = [OnnxRuntimeEmbedder(m, threads=2, input_spec=input_spec(m)) for m in models]
 report = evaluate(models, sys.argv[1].rstrip("/").split("/")[-1], Path("../shared/faces/eval/cfp"), None, out, embedders=embedders, progress=False)
 print(json.dumps({k: report[k] for k in report if k in ("models", "cosine", "failed_pairs")}, default=str)[:3000])

@@ -6,6 +6,9 @@ augmented crop - instead of the clean crop's cached embedding ("a good teacher i
 consistent", Beyer et al. 2022).  Loss: a relational term (MSE between the in-batch cosine-similarity
 matrices, which compares a 128-D student with a 512-D teacher) plus, with ``--proj-weight``, 1 - cosine
 between the teacher and a learned linear projection of the student (training only, never exported).
+With ``--sface-pool N`` each step also trains on views of a fixed pool that SFace and EdgeFace embedded
+once (:mod:`edge_model.view_pool`), against the two teachers' fused similarity: SFace is too slow to
+embed fresh views here, and the ensemble is the stronger teacher.
 
 Training starts from what is committed, so a fresh machine loses nothing: the shipped INT8 student read
 back in float (:func:`edge_model.student_init.student_from_tflite`), widened function-preservingly to
@@ -44,6 +47,7 @@ from .train_student import (
     seed_everything,
     to_student_input,
 )
+from .view_pool import ViewPool, build_pool, fused_similarity, sface_teacher
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +136,17 @@ def consistent_loss(student: torch.Tensor, teacher: torch.Tensor, proj: nn.Modul
     return loss
 
 
+def pool_loss(student: torch.Tensor, targets: dict[str, torch.Tensor], proj: nn.Module | None, rel_weight: float,
+              direct_weight: float) -> torch.Tensor:
+    """Pool views: similarity matrix against the teachers' fused one, plus the direct term to EdgeFace
+    (the projection head's space) when it is among them."""
+    s = F.normalize(student.float(), dim=1)
+    loss = rel_weight * F.mse_loss(s @ s.t(), fused_similarity(targets))
+    if direct_weight > 0 and "edgeface" in targets and proj is not None:
+        loss = loss + direct_weight * direct_loss(student, targets["edgeface"], proj)
+    return loss
+
+
 def projection_head(student_dim: int, teacher_dim: int) -> nn.Linear:
     """Training-only linear map from the student's embedding to the teacher's space (not exported)."""
     return nn.Linear(student_dim, teacher_dim, bias=False)
@@ -161,12 +176,16 @@ class Trainer:
     rel_weight: float = 2.0
     direct_weight: float = 1.0
     freeze_bn: bool = True  # BatchNorm statistics as read back: training starts from the shipped function
+    pool_weight: float = 1.0
 
     def params(self) -> list[nn.Parameter]:
         return list(self.model.parameters()) + (list(self.proj.parameters()) if self.proj is not None else [])
 
-    def step(self, view: torch.Tensor, lr: float) -> float:
-        """One optimiser step: the teacher's target is its output on ``view``, the student's input."""
+    def step(self, view: torch.Tensor, lr: float, pool: tuple[torch.Tensor, dict] | None = None) -> float:
+        """One optimiser step: the teacher's target is its output on ``view``, the student's input.
+
+        ``pool`` adds views of a :class:`~edge_model.view_pool.ViewPool` with every teacher's stored
+        output on exactly those pixels: their relational target is the ensemble's fused similarity."""
         target = self.teacher(view)
         self.model.train()
         if self.freeze_bn:
@@ -175,8 +194,12 @@ class Trainer:
                     m.eval()
         for group in self.opt.param_groups:
             group["lr"] = lr
-        emb = self.model(student_input(view, self.recipe.student_size))
-        loss = consistent_loss(emb, target, self.proj, self.rel_weight, self.direct_weight)
+        inputs = view if pool is None else torch.cat([view, pool[0]])
+        emb = self.model(student_input(inputs, self.recipe.student_size))
+        loss = consistent_loss(emb[:len(view)], target, self.proj, self.rel_weight, self.direct_weight)
+        if pool is not None:
+            loss = loss + self.pool_weight * pool_loss(emb[len(view):], pool[1], self.proj, self.rel_weight,
+                                                       self.direct_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params(), 5.0)
@@ -306,12 +329,14 @@ class StageOptions:
     seed: int = 0
     log_file: Path | None = None
     history: list[dict] = field(default_factory=list)
+    pool_batch: int = 32
 
 
 def run_stage(trainer: Trainer, crops: torch.Tensor, train_idx: torch.Tensor, sets: list[EvalSet],
-              opts: StageOptions) -> dict:
+              opts: StageOptions, pool: ViewPool | None = None) -> dict:
     """Steps until ``opts.steps`` or ``opts.max_minutes`` (the cosine schedule follows whichever is
-    further along); returns steps, minutes and the final figures."""
+    further along); returns steps, minutes and the final figures.  With ``pool``, every step also
+    trains on ``opts.pool_batch`` of its views."""
     gen = torch.Generator().manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed + 1)
     started = time.time()
@@ -319,7 +344,8 @@ def run_stage(trainer: Trainer, crops: torch.Tensor, train_idx: torch.Tensor, se
     trainer.model.train()
     step, running = 0, 0.0
     while step < opts.steps:
-        loss = trainer.step(draw_view(crops, train_idx, trainer.recipe, gen, rng), lr_at(step))
+        extra = pool.batch(opts.pool_batch, gen) if pool is not None and opts.pool_batch > 0 else None
+        loss = trainer.step(draw_view(crops, train_idx, trainer.recipe, gen, rng), lr_at(step), extra)
         step += 1
         running += loss
         if step % opts.eval_every == 0:
@@ -412,6 +438,12 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
 @click.option("--cutmix", default=0.1, show_default=True)
 @click.option("--aug-strength", default=0.8, show_default=True)
 @click.option("--eval-every", default=200, show_default=True)
+@click.option("--sface-pool", type=click.IntRange(0), default=0, show_default=True,
+              help="Views in a fixed pool embedded once by SFace and EdgeFace (cached in --cache-dir); each step "
+                   "adds --pool-batch of them with the teachers' fused similarity as target. 0: no pool.")
+@click.option("--pool-batch", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--pool-weight", default=1.0, show_default=True)
+@click.option("--pool-seed", default=7, show_default=True, help="Seed of the pool's views (not the stage's).")
 @click.option("--sface/--no-sface", default=True, show_default=True, help="Also report the cosine to SFace.")
 @click.option("--bn", "bn_mode", type=click.Choice(["frozen", "batch"]), default="frozen", show_default=True,
               help="frozen: BatchNorm keeps its statistics (the start computes the shipped function); batch: "
@@ -422,7 +454,7 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
 @boundary
 def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input_size, cache_dir, limit, heldout, split_seed,
             batch_size, steps, max_minutes, lr, rel_weight, proj_weight, mixup, cutmix, aug_strength, eval_every,
-            sface, bn_mode, seed, threads, no_export):
+            sface_pool, pool_batch, pool_weight, pool_seed, sface, bn_mode, seed, threads, no_export):
     """Distil a consistent teacher into the student, one resumable stage per run."""
     from .onnx_teacher import teacher_from_option
 
@@ -446,15 +478,23 @@ def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input
     params = list(model.parameters()) + (list(proj.parameters()) if proj is not None else [])
     recipe = ViewRecipe(batch_size, mixup, cutmix, aug_strength, model.config.input_size)
     trainer = Trainer(model, proj, teacher, _optimiser(params, lr, 5e-5), recipe, rel_weight, proj_weight,
-                      bn_mode == "frozen")
+                      bn_mode == "frozen", pool_weight)
+    pool = None
+    if sface_pool:
+        pool = build_pool(crops, train_idx, recipe, sface_pool, pool_seed,
+                          {"edgeface": teacher, "sface": sface_teacher()}, cache_dir)
+        click.echo(f"view pool: {len(pool)} views, teachers {', '.join(pool.targets)}")
     sets = eval_sets(crops, held, fit, teacher, sface)
     before = figures(model, proj, sets, recipe.student_size)
     click.echo(f"before: {json.dumps(before)}")
-    opts = StageOptions(steps=steps, lr=lr, max_minutes=max_minutes, eval_every=eval_every, seed=seed + stage)
-    result = run_stage(trainer, torch.from_numpy(crops), torch.from_numpy(train_idx), sets, opts)
+    opts = StageOptions(steps=steps, lr=lr, max_minutes=max_minutes, eval_every=eval_every, seed=seed + stage,
+                        pool_batch=pool_batch)
+    result = run_stage(trainer, torch.from_numpy(crops), torch.from_numpy(train_idx), sets, opts, pool)
     record = {"stage": stage, "start": str(resume or widen_from or "models/student-int8 (TFLite read back)"),
               "crops": len(crops), "heldout": len(held), "batch_size": batch_size, "lr": lr,
-              "teacher": teacher.path.name, "macs": info["macs"], "params": info["params"],
+              "teacher": teacher.path.name,
+              "sface_pool": {"views": len(pool), "batch": pool_batch, "weight": pool_weight, "seed": pool_seed}
+              if pool is not None else None, "macs": info["macs"], "params": info["params"],
               "before": before, **result, "command": " ".join(sys.argv[1:])}
     save_stage(out_dir / "checkpoints" / f"stage-{stage}.pt", trainer.model, proj, record)
     (out_dir / f"history-stage-{stage}.json").write_text(json.dumps(opts.history, indent=1))
