@@ -35,7 +35,8 @@ from torch import nn
 
 from edge.cli import boundary
 
-from .student import Student, StudentConfig, count_macs, export_onnx
+from .qat import calibrate, prepare_qat, strip_qat
+from .student import Student, StudentConfig, count_macs, export_onnx, fold_batchnorm
 from .train_student import (
     _lr_schedule,
     _optimiser,
@@ -292,6 +293,8 @@ def load_stage(path: Path) -> tuple[Student, nn.Module | None, dict]:
     """A stage checkpoint's student, projection head and record."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = Student(StudentConfig.from_dict(ckpt["config"]))
+    if ckpt.get("folded"):  # a QAT stage is saved as the folded float network it simulated
+        model = fold_batchnorm(model)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
     proj = None
     if ckpt.get("proj") is not None:
@@ -302,11 +305,25 @@ def load_stage(path: Path) -> tuple[Student, nn.Module | None, dict]:
 
 
 def save_stage(path: Path, model: Student, proj: nn.Module | None, record: dict) -> None:
-    """fp16 weights (half the bytes; training reloads them in fp32), the projection head, the record."""
+    """fp16 weights (half the bytes; training reloads them in fp32), the projection head, the record.
+    A QAT network is saved without its simulation, BatchNorm folded."""
+    model = strip_qat(model)
+    folded = not isinstance(model.bn, nn.BatchNorm1d)
     half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": half, "proj": {k: v.half() for k, v in proj.state_dict().items()} if proj is not None else None,
-                "config": model.config.to_dict(), "record": record}, path)
+                "config": model.config.to_dict(), "folded": folded, "record": record}, path)
+
+
+def start_qat(model: Student, crops: np.ndarray, train_idx: np.ndarray, n: int = 512, seed: int = 0) -> Student:
+    """The student with full-INT8 rounding simulated, activation ranges calibrated on clean training crops
+    as the converter's PTQ would set them."""
+    model = prepare_qat(model)
+    idx = np.sort(np.random.default_rng(seed).choice(train_idx, min(n, len(train_idx)), replace=False))
+    size = model.config.input_size
+    calibrate(model, (student_input(clean_view(torch.from_numpy(crops[idx[i:i + 64]]), 112), size)
+                      for i in range(0, len(idx), 64)))
+    return model
 
 
 def append_curve(path: Path, record: dict) -> list[dict]:
@@ -444,6 +461,8 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
 @click.option("--pool-batch", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--pool-weight", default=1.0, show_default=True)
 @click.option("--pool-seed", default=7, show_default=True, help="Seed of the pool's views (not the stage's).")
+@click.option("--qat", is_flag=True, help="Quantisation-aware: train with the converter's INT8 rounding simulated "
+              "(edge_model.qat); the checkpoint and ONNX are the folded float network, ready for PTQ.")
 @click.option("--sface/--no-sface", default=True, show_default=True, help="Also report the cosine to SFace.")
 @click.option("--bn", "bn_mode", type=click.Choice(["frozen", "batch"]), default="frozen", show_default=True,
               help="frozen: BatchNorm keeps its statistics (the start computes the shipped function); batch: "
@@ -454,7 +473,7 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
 @boundary
 def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input_size, cache_dir, limit, heldout, split_seed,
             batch_size, steps, max_minutes, lr, rel_weight, proj_weight, mixup, cutmix, aug_strength, eval_every,
-            sface_pool, pool_batch, pool_weight, pool_seed, sface, bn_mode, seed, threads, no_export):
+            sface_pool, pool_batch, pool_weight, pool_seed, qat, sface, bn_mode, seed, threads, no_export):
     """Distil a consistent teacher into the student, one resumable stage per run."""
     from .onnx_teacher import teacher_from_option
 
@@ -473,6 +492,8 @@ def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input
     info = count_macs(model, model.config.input_size)
     click.echo(f"stage {stage}: {len(crops)} crops ({len(held)} held out); student {info['macs'] / 1e6:.2f}M MACs, "
                f"{info['params'] / 1e6:.3f}M params; teacher {teacher.path.name} ({teacher_dim}-D)")
+    if qat:
+        model = start_qat(model, crops, train_idx, seed=seed)
     _fit_new_head(proj, model, crops, train_idx, teacher, seed=seed)
     model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters()) + (list(proj.parameters()) if proj is not None else [])
@@ -494,12 +515,12 @@ def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input
               "crops": len(crops), "heldout": len(held), "batch_size": batch_size, "lr": lr,
               "teacher": teacher.path.name,
               "sface_pool": {"views": len(pool), "batch": pool_batch, "weight": pool_weight, "seed": pool_seed}
-              if pool is not None else None, "macs": info["macs"], "params": info["params"],
+              if pool is not None else None, "qat": qat, "macs": info["macs"], "params": info["params"],
               "before": before, **result, "command": " ".join(sys.argv[1:])}
     save_stage(out_dir / "checkpoints" / f"stage-{stage}.pt", trainer.model, proj, record)
     (out_dir / f"history-stage-{stage}.json").write_text(json.dumps(opts.history, indent=1))
     append_curve(out_dir / "curve.json", record)
     click.echo(f"stage {stage}: {json.dumps(record)}")
     if not no_export:
-        export_onnx(trainer.model.cpu().to(memory_format=torch.contiguous_format), out_dir / "student.onnx")
+        export_onnx(strip_qat(trainer.model.cpu()).to(memory_format=torch.contiguous_format), out_dir / "student.onnx")
         click.echo(f"exported {out_dir / 'student.onnx'}")
