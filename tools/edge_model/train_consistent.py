@@ -38,6 +38,7 @@ from edge.cli import boundary
 from .qat import calibrate, prepare_qat, strip_qat
 from .student import Student, StudentConfig, count_macs, export_onnx, fold_batchnorm
 from .train_student import (
+    QAT_CALIBRATION_CROPS,
     _lr_schedule,
     _optimiser,
     augment,
@@ -48,7 +49,7 @@ from .train_student import (
     seed_everything,
     to_student_input,
 )
-from .view_pool import ViewPool, build_pool, fused_similarity, sface_teacher
+from .view_pool import ViewPool, build_pool, fused_similarity, sface_teacher, similarity_matrix
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,7 @@ def student_input(view: torch.Tensor, size: int) -> torch.Tensor:
 
 def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """MSE between the in-batch cosine-similarity matrices: any two embedding sizes compare."""
-    s, t = F.normalize(student.float(), dim=1), F.normalize(teacher.float(), dim=1)
-    return F.mse_loss(s @ s.t(), t @ t.t())
+    return F.mse_loss(similarity_matrix(student), similarity_matrix(teacher))
 
 
 def direct_loss(student: torch.Tensor, teacher: torch.Tensor, proj: nn.Module | None) -> torch.Tensor:
@@ -141,8 +141,7 @@ def pool_loss(student: torch.Tensor, targets: dict[str, torch.Tensor], proj: nn.
               direct_weight: float) -> torch.Tensor:
     """Pool views: similarity matrix against the teachers' fused one, plus the direct term to EdgeFace
     (the projection head's space) when it is among them."""
-    s = F.normalize(student.float(), dim=1)
-    loss = rel_weight * F.mse_loss(s @ s.t(), fused_similarity(targets))
+    loss = rel_weight * F.mse_loss(similarity_matrix(student), fused_similarity(targets))
     if direct_weight > 0 and "edgeface" in targets and proj is not None:
         loss = loss + direct_weight * direct_loss(student, targets["edgeface"], proj)
     return loss
@@ -315,7 +314,8 @@ def save_stage(path: Path, model: Student, proj: nn.Module | None, record: dict)
                 "config": model.config.to_dict(), "folded": folded, "record": record}, path)
 
 
-def start_qat(model: Student, crops: np.ndarray, train_idx: np.ndarray, n: int = 512, seed: int = 0) -> Student:
+def start_qat(model: Student, crops: np.ndarray, train_idx: np.ndarray, n: int = QAT_CALIBRATION_CROPS,
+              seed: int = 0) -> Student:
     """The student with full-INT8 rounding simulated, activation ranges calibrated on clean training crops
     as the converter's PTQ would set them."""
     model = prepare_qat(model)

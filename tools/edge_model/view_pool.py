@@ -39,11 +39,16 @@ class ViewPool:
         return self.views[idx].float(), {name: t[idx] for name, t in self.targets.items()}
 
 
+def similarity_matrix(embeddings: torch.Tensor) -> torch.Tensor:
+    """In-batch cosine similarities: what the relational terms compare, whatever the embedding size."""
+    unit = F.normalize(embeddings.float(), dim=1)
+    return unit @ unit.t()
+
+
 def fused_similarity(targets: dict[str, torch.Tensor]) -> torch.Tensor:
     """The ensemble's in-batch similarity: the mean of each teacher's cosine-similarity matrix (the
     relational analogue of fusing the teachers' distances)."""
-    mats = [F.normalize(t.float(), dim=1) for t in targets.values()]
-    return torch.stack([m @ m.t() for m in mats]).mean(0)
+    return torch.stack([similarity_matrix(t) for t in targets.values()]).mean(0)
 
 
 def draw_pool(crops: torch.Tensor, train_idx: torch.Tensor, recipe, size: int, seed: int) -> torch.Tensor:
