@@ -135,11 +135,12 @@ def test_teacher_interpreter_matches_opencv():
     np.testing.assert_allclose((ours * ref).sum(-1), 1.0, atol=1e-4)  # crop and mirror
 
 
-def test_onnx_export_round_trip(tmp_path):
+@pytest.mark.parametrize("readout", ["gdc", "fc"])
+def test_onnx_export_round_trip(tmp_path, readout):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     torch.manual_seed(0)
-    model = Student(StudentConfig(**TINY)).eval()
+    model = Student(StudentConfig(**TINY, readout=readout)).eval()
     path = tmp_path / "student.onnx"
     export_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -153,7 +154,8 @@ def test_onnx_export_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_convert_load_int8(tmp_path):
+@pytest.mark.parametrize("readout", ["gdc", "fc"])
+def test_export_convert_load_int8(tmp_path, readout):
     pytest.importorskip("tensorflow")
     pytest.importorskip("onnx2tf")
     pytest.importorskip("onnxsim")
@@ -162,7 +164,7 @@ def test_export_convert_load_int8(tmp_path):
     from edge_model.convert import convert
 
     torch.manual_seed(0)
-    model = Student(StudentConfig(**TINY)).eval()
+    model = Student(StudentConfig(**TINY, readout=readout)).eval()
     export_onnx(model, tmp_path / "student.onnx")
     (out,) = convert(str(tmp_path / "student.onnx"), ["int8"], calib_roots=[FACES], calib_count=6,
                      out=tmp_path / "b", licence="Apache-2.0", color="rgb", mean=[INPUT_MEAN], std=[INPUT_STD],
@@ -173,6 +175,38 @@ def test_export_convert_load_int8(tmp_path):
     emb = embedder.embed(crops)
     assert emb.shape == (len(crops), 128)
     assert bundle.manifest["verification"]["cosine_mean"] > 0.9
+
+
+@pytest.mark.slow
+def test_the_fc_readout_reaches_tflite_in_its_own_order(tmp_path):
+    """The fc readout flattens an NCHW map in ONNX and an NHWC one in TFLite: a wrong order would still
+    give unit vectors, so the float bundle must match the network crop by crop."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnx2tf")
+    pytest.importorskip("onnxsim")
+    from edge.bundle import load_bundle
+    from edge.embedder import TFLiteEmbedder
+    from edge_model.convert import convert
+
+    torch.manual_seed(0)
+    model = Student(StudentConfig(**TINY, readout="fc")).eval()
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():  # live ReLU6 channels, so that every position of the map matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            m.bias.data.copy_(0.5 + 0.4 * torch.rand(m.num_features, generator=g))
+    export_onnx(model, tmp_path / "student.onnx")
+    (out,) = convert(str(tmp_path / "student.onnx"), ["fp32"], calib_roots=[FACES], calib_count=6,
+                     out=tmp_path / "b", licence="Apache-2.0", color="rgb", mean=[INPUT_MEAN], std=[INPUT_STD],
+                     cache_dir=tmp_path / "cache", progress=False)
+    crops = _fixture_crops(32).crops
+    got = TFLiteEmbedder(load_bundle(out, expect_kind="embedder"), threads=1).embed(crops)
+    x = (torch.from_numpy(crops[..., ::-1].copy()).permute(0, 3, 1, 2).float() - INPUT_MEAN) / INPUT_STD
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(model(x), dim=1).numpy()
+    spread = np.abs(want - want.mean(0)).max()
+    assert spread > 1e-3
+    assert np.abs(got - want).max() < 1e-3 * spread
 
 
 # ------------------------------------------------------------------------------------------ shipped

@@ -14,7 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from edge_model.student import Student, StudentConfig  # noqa: E402
-from edge_model.student_init import SHIPPED_TFLITE, stream_map, widen  # noqa: E402
+from edge_model.student_init import SHIPPED_TFLITE, fc_readout, stream_map, widen  # noqa: E402
 from edge_model.train_consistent import (  # noqa: E402
     Trainer,
     ViewRecipe,
@@ -103,6 +103,47 @@ def test_widening_is_function_preserving(target):
     assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in base.parameters())
 
 
+def test_the_fc_readout_keeping_every_channel_computes_the_same_function():
+    base = _random_bn(Student(StudentConfig(**TINY)))
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fc = fc_readout(base, head=64, batches=[x])
+    assert fc.config.readout == "fc" and fc.gdc is None and fc.fc.in_features == 64 * 2 * 2
+    with torch.no_grad():
+        torch.testing.assert_close(fc(x), base(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_trimmed_fc_readout_is_refitted_towards_the_old_embedding():
+    base = _random_bn(Student(StudentConfig(**TINY)), seed=2)
+    for m in base.modules():  # shifted up so that few ReLU6 channels are dead and trimming loses something
+        if isinstance(m, nn.BatchNorm2d):
+            m.bias.data += 0.5
+    gen = torch.Generator().manual_seed(1)
+    fit, check = torch.randn(600, 3, 32, 32, generator=gen), torch.randn(64, 3, 32, 32, generator=gen)
+    refitted = fc_readout(base, head=8, batches=fit.split(128))
+    anchored = fc_readout(base, head=8, batches=fit.split(128), ridge=1e9)  # the composite of the kept channels
+    with torch.no_grad():
+        want = base(check)
+        spread = want.var(0).mean().item()
+        gap_refit = (refitted(check) - want).pow(2).mean().item()
+        gap_anchored = (anchored(check) - want).pow(2).mean().item()
+    assert refitted.head[0].out_channels == 8 and refitted.fc.in_features == 8 * 2 * 2
+    assert gap_anchored > 0.1 * spread  # keeping 8 of 64 channels loses a good part of the embedding
+    assert gap_refit < 0.3 * gap_anchored  # and the refit on held-out inputs wins most of it back
+
+
+def test_the_fc_readout_buys_parameters_inside_the_mac_budget():
+    from edge_model.student import count_macs
+
+    gdc = count_macs(Student(StudentConfig(stages=[(64, 2), (128, 3), (256, 2)])))
+    fc = count_macs(Student(StudentConfig(stages=[(64, 2), (128, 3), (256, 2)], head=368, readout="fc")))
+    assert fc["macs"] <= 40e6 and 1e6 <= fc["params"] <= 3e6
+    assert fc["params"] > 5 * gdc["params"]
+    with pytest.raises(ValueError, match="readout"):
+        StudentConfig(readout="gap")
+    with pytest.raises(ValueError, match="GDC readout"):
+        widen(Student(StudentConfig(**dict(TINY, readout="fc"))), StudentConfig(**dict(TINY, readout="fc")))
+
+
 def test_widening_refuses_layouts_that_do_not_nest():
     with pytest.raises(ValueError, match="do not nest"):
         stream_map(128, 136, torch.Generator())
@@ -173,6 +214,14 @@ def test_a_stage_starts_from_the_committed_weights_and_the_next_resumes(tmp_path
     model, proj, record = load_stage(out / "checkpoints" / "stage-2.pt")
     assert record["stage"] == 2 and proj is not None and proj.weight.shape == (512, 128)
     assert model.config == StudentConfig()
+    # a new run grows the fc readout from a stage: the head trimmed, the readout refitted on training crops
+    third = CliRunner().invoke(command, common + ["--out", str(tmp_path / "fc"), "--widen-from",
+                                                  str(out / "checkpoints" / "stage-2.pt"), "--readout", "fc",
+                                                  "--head", "16"], catch_exceptions=False)
+    assert third.exit_code == 0, third.output
+    model, _, record = load_stage(tmp_path / "fc" / "checkpoints" / "stage-1.pt")
+    assert (model.config.readout, model.config.head, model.fc.in_features) == ("fc", 16, 16 * 7 * 7)
+    assert record["start"].endswith("stage-2.pt")
 
 
 def test_a_new_projection_head_starts_at_the_least_squares_fit():

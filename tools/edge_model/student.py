@@ -96,6 +96,9 @@ class InceptionBlock(nn.Module):
         return self.output(x + y) if self.residual else y
 
 
+READOUTS = ("gdc", "fc")
+
+
 @dataclass
 class StudentConfig:
     input_size: int = 112
@@ -106,6 +109,14 @@ class StudentConfig:
     # (out channels, blocks at this resolution after the reduction)
     stages: list[tuple[int, int]] = field(default_factory=lambda: [(64, 2), (128, 3), (224, 2)])
     head: int = 512
+    # "gdc": a global depthwise conv then a linear layer (MobileFaceNet); "fc": one linear layer over the
+    # whole last map, every position its own weights (ArcFace's "E" output). At 7x7 a parameter of the fc
+    # readout costs one multiply-add, so it is where a student buys parameters cheaply.
+    readout: str = "gdc"
+
+    def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, not {self.readout!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,9 +159,13 @@ class Student(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         head = plan["head"]
         self.head = conv_bn(cin, head, 1)
-        self.gdc = conv_bn(head, head, side, 1, groups=head, act=False)
-        self.gdc[0].padding = (0, 0)
-        self.fc = nn.Linear(head, config.embedding_size, bias=False)
+        if config.readout == "gdc":
+            self.gdc = conv_bn(head, head, side, 1, groups=head, act=False)
+            self.gdc[0].padding = (0, 0)
+            self.fc = nn.Linear(head, config.embedding_size, bias=False)
+        else:
+            self.gdc = None
+            self.fc = nn.Linear(head * side * side, config.embedding_size, bias=False)
         self.bn = nn.BatchNorm1d(config.embedding_size)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -161,8 +176,9 @@ class Student(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float, already normalised -> (N, D) raw embedding."""
         x = self.head(self.blocks(self.stem(x)))
-        x = torch.flatten(self.gdc(x), 1)
-        return self.bn(self.fc(x))
+        if self.gdc is not None:
+            x = self.gdc(x)
+        return self.bn(self.fc(torch.flatten(x, 1)))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.forward(x), dim=1)
@@ -179,8 +195,12 @@ def describe_architecture(config: StudentConfig) -> list[str]:
                      f"{'' if repeats == 1 else 's'} of {cout}")
         cin = cout
     head = plan["head"]
-    lines.append(f"head: 1x1 {cin}->{head}, global depthwise {side}x{side} (GDC), linear {head}->"
-                 f"{config.embedding_size} (+ folded BatchNorm)")
+    if config.readout == "gdc":
+        lines.append(f"head: 1x1 {cin}->{head}, global depthwise {side}x{side} (GDC), linear {head}->"
+                     f"{config.embedding_size} (+ folded BatchNorm)")
+    else:
+        lines.append(f"head: 1x1 {cin}->{head}, linear readout of the whole {side}x{side}x{head} map ->"
+                     f"{config.embedding_size} (+ folded BatchNorm)")
     return lines
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +313,8 @@ def _check_growth(old: StudentConfig, new: StudentConfig) -> None:
     po, pn = old.layout(), new.layout()
     if (old.input_size, old.embedding_size) != (new.input_size, new.embedding_size) or len(po["stages"]) != len(pn["stages"]):
         raise ValueError("widening keeps the input size, the embedding size and the number of stages")
+    if old.readout != "gdc" or new.readout != "gdc":
+        raise ValueError("widening grows a GDC readout; change the readout afterwards (fc_readout)")
     pairs = [(po["stem"], pn["stem"]), (po["stem_out"], pn["stem_out"]), (po["head"], pn["head"])]
     pairs += [(a[0], b[0]) for a, b in zip(po["stages"], pn["stages"])]
     if any(b < a for a, b in pairs) or any(b[1] < a[1] for a, b in zip(po["stages"], pn["stages"])):
@@ -327,6 +330,8 @@ def resample_input(model: Student, input_size: int) -> Student:
     a smaller input has to trained weights; the first steps of the stage adapt it.
     """
     src = copy.deepcopy(model).eval().cpu()
+    if src.config.readout != "gdc":
+        raise ValueError("resample_input resamples a GDC kernel; an fc readout has weights per position")
     dst = Student(dataclasses.replace(src.config, input_size=input_size))
     state = src.state_dict()
     kernel = state["gdc.0.weight"]
@@ -370,4 +375,68 @@ def widen(model: Student, config: StudentConfig, seed: int = 0) -> Student:
     counts = torch.bincount(head_map, minlength=po["head"]).float()
     dst.fc.weight.data.copy_(src.fc.weight.detach()[:, head_map] / counts[head_map])
     dst.bn.load_state_dict(src.bn.state_dict())
+    return dst.eval()
+
+
+@torch.no_grad()
+def fc_readout(model: Student, head: int, batches: Iterable[torch.Tensor], ridge: float = 1e-3) -> Student:
+    """``model`` with its GDC + linear readout replaced by one linear layer over the whole last map
+    (``readout="fc"``) and its 1x1 head trimmed to the ``head`` channels that carry most of the embedding.
+
+    GDC then linear is itself a linear map of the last map, rank one in space per channel, so with every
+    channel kept the new layer starts as that composite and computes the same function.  Trimming loses
+    the dropped channels' share; the readout of the kept ones is then refitted on ``batches`` (clean
+    training crops, already normalised) towards the old pre-BatchNorm embedding, by ridge regression
+    anchored to the composite (``ridge`` times the mean feature energy), so few crops cannot pull it far.
+    """
+    src = copy.deepcopy(model).eval().cpu()
+    if src.config.readout != "gdc":
+        raise ValueError("fc_readout starts from a GDC readout")
+    full = src.config.layout()["head"]
+    if not 8 <= head <= full:
+        raise ValueError(f"the trimmed head keeps between 8 and {full} channels, not {head}")
+    dst = Student(dataclasses.replace(src.config, head=head, readout="fc"))
+    conv, bn = src.gdc[0], src.gdc[1]
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fc = src.fc.weight  # (D, C)
+    composite = fc[:, :, None, None] * (scale[:, None, None] * conv.weight[:, 0])[None]  # (D, C, S, S)
+    offset = fc @ (bn.bias - bn.running_mean * scale)
+    out_scale = src.bn.weight / torch.sqrt(src.bn.running_var + src.bn.eps)
+
+    maps, share_sum, share_sq = [], 0.0, 0.0
+    for x in batches:
+        m = src.head(src.blocks(src.stem(x)))
+        share = torch.einsum("dcyx,ncyx->ncd", composite, m) * out_scale  # each channel's share, as the output sees it
+        share_sum = share_sum + share.sum(0)
+        share_sq = share_sq + share.pow(2).sum(dim=(0, 2))
+        maps.append(m)
+    maps = torch.cat(maps)
+    n = len(maps)
+    energy = share_sq / n - (share_sum / n).pow(2).sum(dim=1)
+    keep = torch.sort(torch.argsort(energy, descending=True)[:head]).values
+
+    w0 = composite[:, keep].reshape(len(fc), -1)
+    if head < full:
+        target = torch.einsum("dk,nk->nd", composite.reshape(len(fc), -1), maps.reshape(n, -1)) + offset
+        feats = maps[:, keep].reshape(n, -1)
+        del maps
+        mean, t_mean = feats.mean(0), target.mean(0)
+        feats -= mean
+        gram = (feats.T @ feats).double()
+        gram.diagonal().add_(ridge * gram.diagonal().mean())
+        resid = (target - t_mean) - feats @ w0.T
+        w = w0.double() + torch.linalg.solve(gram, (feats.T @ resid).double()).T
+        bias = t_mean.double() - mean.double() @ w.T
+    else:
+        w, bias = w0.double(), offset.double()
+
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith(("gdc.", "fc.", "head."))}
+    state["head.0.weight"] = src.head[0].weight[keep]
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        state[f"head.1.{name}"] = getattr(src.head[1], name)[keep]
+    state["head.1.num_batches_tracked"] = src.head[1].num_batches_tracked
+    state["fc.weight"] = w.float()
+    # the readout has no bias of its own: the BatchNorm after it takes it into its running mean
+    state["bn.running_mean"] = src.bn.running_mean - bias.float()
+    dst.load_state_dict(state)
     return dst.eval()

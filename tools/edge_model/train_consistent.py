@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from torch import nn
 from edge.cli import boundary
 
 from .qat import calibrate, prepare_qat, strip_qat
-from .student import Student, StudentConfig, count_macs, export_onnx, fold_batchnorm
+from .student import READOUTS, Student, StudentConfig, count_macs, export_onnx, fold_batchnorm
 from .train_student import (
     QAT_CALIBRATION_CROPS,
     _lr_schedule,
@@ -274,9 +275,11 @@ def calibration_batch(crops: np.ndarray, n: int = 256, seed: int = 0) -> torch.T
     return to_student_input(clean_view(torch.from_numpy(crops[np.sort(idx)]), 112))
 
 
-def start_model(config: StudentConfig, crops: np.ndarray, widen_from: Path | None, seed: int) -> Student:
-    """The shipped student (or ``widen_from``: a .tflite or stage checkpoint), widened to ``config``."""
-    from .student_init import SHIPPED_TFLITE, resample_input, student_from_tflite, widen
+def start_model(config: StudentConfig, crops: np.ndarray, widen_from: Path | None, seed: int,
+                train_idx: np.ndarray | None = None) -> Student:
+    """The shipped student (or ``widen_from``: a .tflite or stage checkpoint), widened to ``config``; a
+    change to the fc readout comes last, its trimmed head refitted on the training crops ``train_idx``."""
+    from .student_init import SHIPPED_TFLITE, fc_readout, resample_input, student_from_tflite, widen
 
     source = widen_from or SHIPPED_TFLITE
     if str(source).endswith(".tflite"):
@@ -285,7 +288,14 @@ def start_model(config: StudentConfig, crops: np.ndarray, widen_from: Path | Non
         base = load_stage(source)[0]
     if base.config.input_size != config.input_size:
         base = resample_input(base, config.input_size)
-    return widen(base, config, seed) if base.config != config else base
+    if config.readout == base.config.readout:
+        return widen(base, config, seed) if base.config != config else base
+    grown = dataclasses.replace(config, readout=base.config.readout, head=base.config.head)
+    base = widen(base, grown, seed) if base.config != grown else base
+    idx = np.arange(len(crops)) if train_idx is None else np.sort(train_idx)
+    batches = (student_input(clean_view(torch.from_numpy(crops[idx[i:i + 256]]), 112), config.input_size)
+               for i in range(0, len(idx), 256))
+    return fc_readout(base, config.head, batches)
 
 
 def load_stage(path: Path) -> tuple[Student, nn.Module | None, dict]:
@@ -386,8 +396,8 @@ def _log_progress(trainer: Trainer, sets: list[EvalSet], opts: StageOptions, ste
 # -------------------------------------------------------------------------------------------- CLI
 
 
-def _config(stages: str | None, head: int | None, input_size: int) -> StudentConfig:
-    config = StudentConfig(input_size=input_size)
+def _config(stages: str | None, head: int | None, input_size: int, readout: str = "gdc") -> StudentConfig:
+    config = StudentConfig(input_size=input_size, readout=readout)
     if stages:
         config.stages = parse_stages(stages)
     if head:
@@ -401,14 +411,14 @@ def _load_crops(roots, limit: int | None, seed: int, cache_dir: Path) -> np.ndar
     return build_crops(list(roots), 112, limit, seed, cache_dir).crops
 
 
-def _initial(resume: Path | None, widen_from: Path | None, config: StudentConfig, crops: np.ndarray, seed: int,
-             teacher_dim: int, want_proj: bool) -> tuple[Student, nn.Module | None, int]:
+def _initial(resume: Path | None, widen_from: Path | None, config: StudentConfig, crops: np.ndarray,
+             train_idx: np.ndarray, seed: int, teacher_dim: int, want_proj: bool) -> tuple[Student, nn.Module | None, int]:
     """(student, projection head, stage number) to start this stage from."""
     if resume is not None:
         model, proj, record = load_stage(resume)
         stage = int(record.get("stage", 0)) + 1
     else:
-        model, proj, stage = start_model(config, crops, widen_from, seed), None, 1
+        model, proj, stage = start_model(config, crops, widen_from, seed, train_idx), None, 1
     if want_proj and proj is None:
         proj = projection_head(model.config.embedding_size, teacher_dim)
         proj.fitted = False
@@ -438,6 +448,9 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
                    "(default: the shipped models/student-int8 TFLite).")
 @click.option("--stages", default=None, help="CHANNELSxBLOCKS,... of the (widened) student, e.g. 64x2,128x3,256x2.")
 @click.option("--head", type=int, default=None, help="Channels of the 1x1 head before the GDC (default 512).")
+@click.option("--readout", type=click.Choice(READOUTS), default="gdc", show_default=True,
+              help="With --widen-from: 'fc' replaces the GDC readout by a linear layer over the whole last map, "
+                   "the --head trimmed to fit the MACs and the readout refitted (edge_model.student_init.fc_readout).")
 @click.option("--input-size", type=click.IntRange(48, 112), default=112, show_default=True,
               help="Side of the student's input; the 112 px view is area-resized to it, the teacher keeps 112. "
                    "A smaller input buys width at equal MACs (the start is resampled: not function-preserving).")
@@ -471,7 +484,7 @@ def _fit_new_head(proj: nn.Module | None, model: Student, crops: np.ndarray, tra
 @click.option("--threads", type=int, default=None)
 @click.option("--no-export", is_flag=True)
 @boundary
-def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input_size, cache_dir, limit, heldout, split_seed,
+def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, readout, input_size, cache_dir, limit, heldout, split_seed,
             batch_size, steps, max_minutes, lr, rel_weight, proj_weight, mixup, cutmix, aug_strength, eval_every,
             sface_pool, pool_batch, pool_weight, pool_seed, qat, sface, bn_mode, seed, threads, no_export):
     """Distil a consistent teacher into the student, one resumable stage per run."""
@@ -487,8 +500,8 @@ def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, input
     fit = train_idx[:: max(1, len(train_idx) // max(len(held), 1))][:max(len(held), 1)]
     teacher = teacher_from_option(teacher_opt)
     teacher_dim = int(teacher(torch.zeros(1, 3, 112, 112)).shape[1])
-    model, proj, stage = _initial(resume, widen_from, _config(stages, head, input_size), crops, seed, teacher_dim,
-                                  proj_weight > 0)
+    model, proj, stage = _initial(resume, widen_from, _config(stages, head, input_size, readout), crops, train_idx,
+                                  seed, teacher_dim, proj_weight > 0)
     info = count_macs(model, model.config.input_size)
     click.echo(f"stage {stage}: {len(crops)} crops ({len(held)} held out); student {info['macs'] / 1e6:.2f}M MACs, "
                f"{info['params'] / 1e6:.3f}M params; teacher {teacher.path.name} ({teacher_dim}-D)")
