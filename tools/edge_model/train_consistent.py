@@ -20,11 +20,11 @@ training and held-out crops.  On a GPU the same command runs with a larger ``--b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,7 +276,7 @@ def calibration_batch(crops: np.ndarray, n: int = 256, seed: int = 0) -> torch.T
 
 
 def start_model(config: StudentConfig, crops: np.ndarray, widen_from: Path | None, seed: int,
-                train_idx: np.ndarray | None = None) -> Student:
+                train_idx: np.ndarray) -> Student:
     """The shipped student (or ``widen_from``: a .tflite or stage checkpoint), widened to ``config``; a
     change to the fc readout comes last, its trimmed head refitted on the training crops ``train_idx``."""
     from .student_init import SHIPPED_TFLITE, fc_readout, resample_input, student_from_tflite, widen
@@ -292,7 +292,7 @@ def start_model(config: StudentConfig, crops: np.ndarray, widen_from: Path | Non
         return widen(base, config, seed) if base.config != config else base
     grown = dataclasses.replace(config, readout=base.config.readout, head=base.config.head)
     base = widen(base, grown, seed) if base.config != grown else base
-    idx = np.arange(len(crops)) if train_idx is None else np.sort(train_idx)
+    idx = np.sort(train_idx)  # never the held-out crops: they judge the stage
     batches = (student_input(clean_view(torch.from_numpy(crops[idx[i:i + 256]]), 112), config.input_size)
                for i in range(0, len(idx), 256))
     return fc_readout(base, config.head, batches)
