@@ -403,21 +403,22 @@ def fc_readout(model: Student, head: int, batches: Iterable[torch.Tensor], ridge
     offset = fc @ (bn.bias - bn.running_mean * scale)
     out_scale = src.bn.weight / torch.sqrt(src.bn.running_var + src.bn.eps)
 
-    maps, share_sum, share_sq = [], 0.0, 0.0
+    maps, targets, share_sum, share_sq = [], [], 0.0, 0.0
     for x in batches:
         m = src.head(src.blocks(src.stem(x)))
-        share = torch.einsum("dcyx,ncyx->ncd", composite, m) * out_scale  # each channel's share, as the output sees it
+        per_channel = torch.einsum("dcyx,ncyx->ncd", composite, m)
+        targets.append(per_channel.sum(1) + offset)  # the old readout's pre-BatchNorm embedding
+        share = per_channel * out_scale  # each channel's share, as the output sees it
         share_sum = share_sum + share.sum(0)
         share_sq = share_sq + share.pow(2).sum(dim=(0, 2))
         maps.append(m)
-    maps = torch.cat(maps)
+    maps, target = torch.cat(maps), torch.cat(targets)
     n = len(maps)
     energy = share_sq / n - (share_sum / n).pow(2).sum(dim=1)
     keep = torch.sort(torch.argsort(energy, descending=True)[:head]).values
 
     w0 = composite[:, keep].reshape(len(fc), -1)
     if head < full:
-        target = torch.einsum("dk,nk->nd", composite.reshape(len(fc), -1), maps.reshape(n, -1)) + offset
         feats = maps[:, keep].reshape(n, -1)
         del maps
         mean, t_mean = feats.mean(0), target.mean(0)
