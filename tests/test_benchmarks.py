@@ -19,6 +19,8 @@ SMOKE = {
     "tools/bench_runtime.py": ["--repeat", "1", "--no-startup", "--json"],
     "tools/bench_gallery_storage.py": ["--limit", "24"],
     "tools/bench_sync.py": ["--people", "20", "--down-seconds", "2", "--down-people", "3", "--json"],
+    "tools/bench_student_step.py": ["--batch", "4", "--repeats", "2", "models/student-wide/control/stage-3.pt",
+                                    "models/student-wide/checkpoints/stage-2.pt"],
 }
 
 
@@ -37,12 +39,16 @@ def run(args, timeout=600):
 def test_benchmark_script_runs(script):
     if script.endswith("bench_gallery_storage.py") and not (SHARED_FACES / "train" / "celeba_wild").is_dir():
         pytest.skip("needs ../shared/faces/train/celeba_wild")
+    if script.endswith("bench_student_step.py"):
+        pytest.importorskip("torch")  # the model-building extra
     result = run([script, *SMOKE[script]])
     assert result.returncode == 0, result.stderr[-3000:]
     if "--json" in SMOKE[script]:
         figures = json.loads(result.stdout)
         if script.endswith("bench_service.py"):
             assert figures["latency"]["unlocked"] == 1 and figures["busy"]["rss_mib"] > 0
+    elif script.endswith("bench_student_step.py"):
+        assert len(result.stdout.strip().splitlines()) == sum(a.endswith(".pt") for a in SMOKE[script])
     else:
         assert result.stdout.strip()
 
