@@ -25,10 +25,11 @@ models = {path: load_stage(path)[0].float().to(memory_format=torch.channels_last
 side = next(iter(models.values())).config.input_size
 x = torch.randn(args.batch, 3, side, side).to(memory_format=torch.channels_last)
 target = torch.randn(args.batch, 512)
+optimisers = {path: stage_optimiser([model], 1e-9, 0.0) for path, model in models.items()}
 times: dict[Path, list[float]] = {path: [] for path in models}
 for round_ in range(args.repeats):
     for path, model in models.items():  # interleaved, so drift in the machine's speed hits every model alike
-        opt = stage_optimiser([model], 1e-9, 0.0)
+        opt = optimisers[path]
         model.train()
         started = time.perf_counter()
         loss = relational_loss(model(x), target)
