@@ -22,9 +22,9 @@ from edge_model.train_consistent import (  # noqa: E402
     draw_view,
     projection_head,
     relational_loss,
-    stage_optimiser,
     student_input,
 )
+from edge_model.train_student import READOUT_FAN_IN, optimiser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT / "tests" / "fixtures" / "faces"
@@ -61,7 +61,7 @@ def test_the_target_of_a_view_is_the_teachers_output_on_that_view():
     teacher = RecordingTeacher()
     proj = projection_head(model.config.embedding_size, 24)
     recipe = ViewRecipe(batch_size=6, mixup=0.5, cutmix=0.3, aug_strength=1.0, student_size=32)
-    trainer = Trainer(model, proj, teacher, stage_optimiser([model, proj], 1e-3, 0.0),
+    trainer = Trainer(model, proj, teacher, optimiser([model, proj], 1e-3, 0.0),
                       recipe)
     seen_by_student: list[torch.Tensor] = []
     model.register_forward_pre_hook(lambda mod, args: seen_by_student.append(args[0].detach().clone()))
@@ -302,12 +302,10 @@ def test_the_view_pool_stores_each_teachers_output_on_its_own_pixels(tmp_path, m
 
 
 def test_a_wide_linear_readout_steps_at_a_rate_scaled_by_its_fan_in():
-    from edge_model.train_consistent import READOUT_FAN_IN
-
     torch.manual_seed(0)
     model = Student(StudentConfig(**dict(TINY, head=512, readout="fc")))  # fc fan-in 512 x 2 x 2
     proj = projection_head(model.config.embedding_size, 24)
-    opt = stage_optimiser([model, proj], 1e-3, 5e-5)
+    opt = optimiser([model, proj], 1e-3, 5e-5)
     scales = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     assert len(scales) == len(list(model.parameters())) + len(list(proj.parameters()))  # every one, once
     assert scales[id(model.fc.weight)] == READOUT_FAN_IN / 2048 and scales[id(proj.weight)] == 1.0
@@ -341,7 +339,7 @@ def test_a_step_with_pool_views_trains_on_those_pixels_against_the_fused_similar
     teacher = RecordingTeacher()
     recipe = ViewRecipe(batch_size=4, student_size=32)
     trainer = Trainer(model, proj := projection_head(model.config.embedding_size, 24), teacher,
-                      stage_optimiser([model, proj], 1e-3, 0.0), recipe)
+                      optimiser([model, proj], 1e-3, 0.0), recipe)
     seen: list[torch.Tensor] = []
     model.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
     pool = ViewPool(torch.randint(0, 256, (7, 3, 112, 112), dtype=torch.uint8),

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edge_model.train_consistent import load_stage, relational_loss, stage_optimiser  # noqa: E402
+from edge_model.train_consistent import load_stage, relational_loss  # noqa: E402
+from edge_model.train_student import optimiser  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("checkpoints", nargs="+", type=Path)
@@ -25,7 +26,7 @@ models = {path: load_stage(path)[0].float().to(memory_format=torch.channels_last
 side = next(iter(models.values())).config.input_size
 x = torch.randn(args.batch, 3, side, side).to(memory_format=torch.channels_last)
 target = torch.randn(args.batch, 512)
-optimisers = {path: stage_optimiser([model], 1e-9, 0.0) for path, model in models.items()}
+optimisers = {path: optimiser([model], 1e-9, 0.0) for path, model in models.items()}
 times: dict[Path, list[float]] = {path: [] for path in models}
 for round_ in range(args.repeats):
     for path, model in models.items():  # interleaved, so drift in the machine's speed hits every model alike

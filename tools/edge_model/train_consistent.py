@@ -45,8 +45,10 @@ from .train_student import (
     clean_view,
     crops_to_rgb,
     heldout_split,
+    optimiser,
     parse_stages,
     seed_everything,
+    set_learning_rate,
     to_student_input,
 )
 from .view_pool import ViewPool, build_pool, fused_similarity, sface_teacher, similarity_matrix
@@ -147,33 +149,6 @@ def pool_loss(student: torch.Tensor, targets: dict[str, torch.Tensor], proj: nn.
     return loss
 
 
-# The fan-in of the linear layer that the shipped GDC readout ends in: the learning rates of this project
-# were found for it, so a wider linear layer scales its rate down to move its outputs by as much.
-READOUT_FAN_IN = 512
-
-
-def stage_optimiser(modules: list[nn.Module | None], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over every parameter of ``modules``, each linear layer wider than :data:`READOUT_FAN_IN`
-    at ``lr`` x READOUT_FAN_IN / fan-in (the group's ``lr_scale``, which :meth:`Trainer.step` keeps).
-
-    Adam moves every weight by about the rate whatever its gradient, and the first steps move them
-    together, so a layer's output moves with its fan-in: at one rate the fc readout over a whole 7x7
-    map (fan-in 18,032, 35x the GDC path's linear) leaves the trained function within a few steps.
-    Decay as :func:`edge_model.train_student._optimiser`: on matrices and kernels, not on 1-D
-    parameters."""
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for module in modules:
-        if module is None:
-            continue
-        scaled = {id(m.weight): min(1.0, READOUT_FAN_IN / m.in_features)
-                  for m in module.modules() if isinstance(m, nn.Linear)}
-        for p in module.parameters():
-            groups.setdefault((scaled.get(id(p), 1.0), p.ndim > 1), []).append(p)
-    return torch.optim.AdamW([{"params": params, "lr_scale": scale, "lr": lr * scale,
-                               "weight_decay": weight_decay if decays else 0.0}
-                              for (scale, decays), params in groups.items()], lr=lr)
-
-
 def projection_head(student_dim: int, teacher_dim: int) -> nn.Linear:
     """Training-only linear map from the student's embedding to the teacher's space (not exported)."""
     return nn.Linear(student_dim, teacher_dim, bias=False)
@@ -219,8 +194,7 @@ class Trainer:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        for group in self.opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_learning_rate(self.opt, lr)
         inputs = view if pool is None else torch.cat([view, pool[0]])
         emb = self.model(student_input(inputs, self.recipe.student_size))
         loss = consistent_loss(emb[:len(view)], target, self.proj, self.rel_weight, self.direct_weight)
@@ -536,7 +510,7 @@ def command(roots, out_dir, teacher_opt, resume, widen_from, stages, head, reado
     _fit_new_head(proj, model, crops, train_idx, teacher, seed=seed)
     model = model.to(memory_format=torch.channels_last)
     recipe = ViewRecipe(batch_size, mixup, cutmix, aug_strength, model.config.input_size)
-    trainer = Trainer(model, proj, teacher, stage_optimiser([model, proj], lr, 5e-5), recipe, rel_weight, proj_weight,
+    trainer = Trainer(model, proj, teacher, optimiser([model, proj], lr, 5e-5), recipe, rel_weight, proj_weight,
                       bn_mode == "frozen", pool_weight)
     pool = None
     if sface_pool:
