@@ -57,14 +57,18 @@ class LivenessCheck(FaceCheck):
 
     The models (:mod:`edge.liveness`) look at the face box scaled out to include its surroundings (paper edges,
     bezels, moire, glare); their real-face probabilities are averaged and compared with
-    ``liveness.threshold``.  Built once at start-up; a missing or tampered bundle stops the start (fail closed).
+    ``liveness.threshold``.  A face spanning more than ``liveness.max_face_fraction`` of the frame leaves no
+    surroundings to see: it is not judged but turned down as too close (measured: real photos whose face fills
+    the frame are called attacks 5-15 times as often, and a print held up to the lens shows no edge).  Built
+    once at start-up; a missing or tampered bundle stops the start (fail closed).
     """
 
     name = "liveness"
 
-    def __init__(self, ensemble, threshold: float) -> None:
+    def __init__(self, ensemble, threshold: float, max_face_fraction: float = 1.0) -> None:
         self.ensemble = ensemble
         self.threshold = threshold
+        self.max_face_fraction = max_face_fraction
 
     @classmethod
     def from_config(cls, config) -> "LivenessCheck":
@@ -74,28 +78,46 @@ class LivenessCheck(FaceCheck):
         paths = [config.model_path(name) for name in liveness_model_names(config)]
         if not paths:
             raise ConfigError("decision.face_checks names liveness but liveness.models is empty")
-        check = cls(load_liveness(paths, threads=config.liveness.threads), config.liveness.threshold)
-        log.info("liveness check: %s, threshold %.3f%s", ", ".join(m.name for m in check.ensemble.models),
-                 check.threshold, f" (measured: {config.liveness.measured})" if config.liveness.measured else "")
+        live = config.liveness
+        check = cls(load_liveness(paths, threads=live.threads), live.threshold, live.max_face_fraction)
+        log.info("liveness check: %s, threshold %.3f%s, faces up to %.0f%% of the frame",
+                 ", ".join(m.name for m in check.ensemble.models), check.threshold,
+                 f" (measured: {live.measured})" if live.measured else "", 100 * check.max_face_fraction)
         return check
 
     def reload(self, config) -> None:
         self.threshold = config.liveness.threshold
+        self.max_face_fraction = config.liveness.max_face_fraction
+
+    def too_close(self, frame: Frame, face: Face) -> Verdict | None:
+        """The verdict for a face too close to be judged, or None when the models can see around it."""
+        from .liveness import face_fraction
+
+        height, width = frame.main.shape[:2]
+        fraction = face_fraction(width, height, face.box)
+        if fraction <= self.max_face_fraction:
+            return None
+        return Verdict(self.name, False, None, code="too_close",
+                       reason=f"too close to the camera for the liveness check: step back (the face spans "
+                              f"{fraction:.0%} of the frame, at most {self.max_face_fraction:.0%})")
 
     def scores(self, frame: Frame, faces: Sequence[Face]):
+        """The averaged real-face probability of each face, judged or not (for recording and tuning)."""
         return self.ensemble.scores(frame.main, [face.box for face in faces])
 
     def check(self, frame: Frame, faces: Sequence[Face]) -> list[Verdict]:
-        if not faces:
-            return []
-        verdicts = []
-        for score in self.scores(frame, faces):
-            score = float(score)
+        verdicts: list[Verdict | None] = [self.too_close(frame, face) for face in faces]
+        judged = [face for face, verdict in zip(faces, verdicts) if verdict is None]
+        scores = iter(self.scores(frame, judged) if judged else ())
+        for i, verdict in enumerate(verdicts):
+            if verdict is not None:
+                continue
+            score = float(next(scores))
             if score >= self.threshold:
-                verdicts.append(Verdict(self.name, True, score))
+                verdicts[i] = Verdict(self.name, True, score)
             else:
-                verdicts.append(Verdict(
-                    self.name, False, score, attack=True,
+                verdicts[i] = Verdict(
+                    self.name, False, score, attack=True, code="attack",
                     reason=f"presentation attack (a photo or a screen, not a live face): "
-                           f"real-face score {score:.3f} < {self.threshold:.3f}"))
+                           f"real-face score {score:.3f} < {self.threshold:.3f}")
         return verdicts

@@ -120,6 +120,11 @@ class LivenessConfig:
     threshold: float = _field(0.3, lo=0.0, hi=1.0,
                               doc="a face whose averaged real-face probability is below this is a presentation "
                                   "attack; tune it on this door's camera with edge liveness-tune")
+    max_face_fraction: float = _field(
+        0.66, lo=0.1, hi=1.0,
+        doc="a face box spanning more than this share of the frame's width or height is too close for the "
+            "liveness crop to see the face's surroundings: it is turned down (not as an attack) and the person "
+            "is asked to step back; measured on CelebA photos, see models/minifasnet-v2-fp16/MODEL_CARD.md")
     threads: int = _field(1, lo=1, hi=16, doc="XNNPACK threads of each liveness model")
     measured: str = _field("", doc="what the threshold was measured on (written by edge liveness-tune report --write)")
     alert_attacks: int = _field(3, lo=1, hi=1000, doc="this many spoof decisions within alert_window_seconds raise "

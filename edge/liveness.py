@@ -49,6 +49,21 @@ LIVENESS_BACKENDS = Registry("liveness backend", "edge.liveness", {"tflite": "ed
 # --------------------------------------------------------------------------- crop
 
 
+def face_fraction(width: int, height: int, box: Box) -> float:
+    """The share of the image the face box spans, the larger of its width and height shares.
+
+    Its inverse is the largest scale :func:`crop_box` can keep: a face spanning half the image leaves room for
+    a 2x crop, not for MiniFASNetV2's 2.7x.  The models judge paper edges, bezels and the scene around the
+    face; when the face fills the image those are not in the crop (see ``liveness.max_face_fraction``).
+    """
+    _, _, box_w, box_h = (float(v) for v in box)
+    if not (math.isfinite(box_w) and math.isfinite(box_h)) or box_w <= 0 or box_h <= 0:
+        raise ValueError(f"face box {tuple(box)} has no area")
+    if width < 2 or height < 2:
+        raise ValueError(f"image of {width}x{height} pixels has nothing to crop")
+    return max(box_w / (width - 1), box_h / (height - 1))
+
+
 def crop_box(width: int, height: int, box: Box, scale: float) -> tuple[int, int, int, int]:
     """The crop's (left, top, right, bottom), inclusive, in a ``width`` x ``height`` image.
 
@@ -66,7 +81,7 @@ def crop_box(width: int, height: int, box: Box, scale: float) -> tuple[int, int,
         raise ValueError(f"crop scale {scale} must be positive")
     if width < 1 or height < 1:
         raise ValueError(f"image of {width}x{height} pixels has nothing to crop")
-    scale = min((height - 1) / box_h, (width - 1) / box_w, scale)
+    scale = min((height - 1) / box_h, (width - 1) / box_w, scale)  # 1 / face_fraction
     new_w, new_h = box_w * scale, box_h * scale
     centre_x, centre_y = x + box_w / 2, y + box_h / 2
     left, top = centre_x - new_w / 2, centre_y - new_h / 2

@@ -26,7 +26,9 @@ def liveness(config_path, images):
 
     The score is the liveness models' averaged real-face probability; below ``liveness.threshold`` the face
     is an attack (a photo or a screen).  An image with several faces is judged on its largest face.  Images
-    without a face, or that cannot be read, are reported on stderr and make the exit status 65.
+    without a face, that cannot be read, or whose face fills so much of the picture that the models cannot see
+    around it (``liveness.max_face_fraction``: a tight portrait crop) are reported on stderr and make the exit
+    status 65.
     """
     from .errors import EdgeError, NoFaceError
     from .images import load_image
@@ -49,6 +51,11 @@ def liveness(config_path, images):
         face = max(faces, key=lambda f: f.box[2] * f.box[3])
         frame = Frame(0, 0.0, image, image)
         (verdict,) = check.check(frame, [face])
+        if verdict.score is None:
+            click.echo(f"edge liveness: {path}: {verdict.reason}; use a picture with more of the scene around "
+                       f"the face", err=True)
+            failed += 1
+            continue
         note = f"\t(largest of {len(faces)} faces)" if len(faces) > 1 else ""
         click.echo(f"{path}\t{'real' if verdict.passed else 'attack'}\t{verdict.score:.4f}{note}")
     if failed:
@@ -97,7 +104,7 @@ def record(config_path, label, out, frames, seconds, keep_frames):
     if keep_frames is not None:
         keep_frames.mkdir(parents=True, exist_ok=True)
     recorded: list[Presentation] = []
-    seen = 0
+    seen = too_close = 0
     deadline = time.monotonic() + seconds
     with open_source(config) as source, click.progressbar(length=frames, label=f"recording {label}",
                                                           file=click.get_text_stream("stderr")) as bar:
@@ -110,19 +117,24 @@ def record(config_path, label, out, frames, seconds, keep_frames):
             if not faces:
                 continue
             face = max(faces, key=lambda f: f.box[2] * f.box[3])
+            if check.too_close(frame, face) is not None:  # the door does not judge these, so neither does tuning
+                too_close += 1
+                continue
             score = float(check.scores(frame, [face])[0])
             recorded.append(Presentation(label, score, time.time(), config.camera.source))
             if keep_frames is not None:
                 cv2.imwrite(str(keep_frames / f"{label}_{len(recorded):05d}.jpg"), frame.main)
             bar.update(1)
     write_presentations(out, recorded)
+    closer = f"; {too_close} frames with the face too close to judge were skipped" if too_close else ""
     if not recorded:
-        raise click.ClickException(f"no face in {seen} frames: nothing recorded (is the camera pointed at the face?)")
+        raise click.ClickException(f"no face to judge in {seen} frames{closer}: nothing recorded (is the camera "
+                                   f"pointed at the face, from at least an arm's length?)")
     scores = [p.score for p in recorded]
     judged_real = sum(s >= check.threshold for s in scores)
     click.echo(f"{label}: {len(recorded)} frames with a face of {seen} read -> {out}; score min {min(scores):.3f} "
                f"median {sorted(scores)[len(scores) // 2]:.3f} max {max(scores):.3f}; judged real at the current "
-               f"threshold {check.threshold:.3f}: {judged_real}/{len(recorded)}")
+               f"threshold {check.threshold:.3f}: {judged_real}/{len(recorded)}{closer}")
 
 
 @tune.command("report")

@@ -82,6 +82,7 @@ class Verdict:
     score: float | None = None
     reason: str = ""
     attack: bool = False
+    code: str = ""  # a short word for the reason ("too_close"), for enrollment's messages and machines
 
 
 class Outcome(str, enum.Enum):

@@ -147,3 +147,88 @@ def test_update_config_file_keeps_comments_and_refuses_bad_values(tmp_path):
     fresh.write_text("[camera]\nsource = \"fake\"\n")
     update_config_file(fresh, "liveness", {"threshold": 0.6})
     assert tomllib.loads(fresh.read_text())["liveness"] == {"threshold": 0.6}
+
+
+class _Ensemble:
+    """Stands in for the models: a fixed score, and a record of which boxes it was asked about."""
+
+    def __init__(self, score):
+        self.score, self.asked = score, []
+
+    def scores(self, image, boxes):
+        self.asked.append(list(boxes))
+        return np.full(len(boxes), self.score, np.float32)
+
+
+def _face(box):
+    from edge.types import Face
+
+    return Face(box, 0.9, np.zeros((5, 2), np.float32))
+
+
+def test_face_fraction_is_the_inverse_of_the_largest_crop_scale_that_fits():
+    from edge.liveness import crop_box, face_fraction
+
+    assert face_fraction(641, 481, (100, 100, 160, 120)) == pytest.approx(0.25)  # width 160/640, height 120/480
+    assert face_fraction(641, 481, (0, 0, 400, 120)) == pytest.approx(0.625)  # the wider share counts
+    # A 2x crop of a face spanning half the frame exactly fills it; a 3x crop is shrunk to that.
+    assert crop_box(641, 481, (160, 120, 320, 240), 3.0) == crop_box(641, 481, (160, 120, 320, 240), 2.0)
+    for bad in ((0, 0, 0, 10), (0, 0, float("nan"), 10)):
+        with pytest.raises(ValueError):
+            face_fraction(641, 481, bad)
+
+
+def test_a_face_too_close_to_judge_is_refused_as_too_close_not_as_an_attack():
+    from edge.checks import LivenessCheck
+    from edge.types import Frame
+
+    image = np.zeros((481, 641, 3), np.uint8)
+    frame = Frame(0, 0.0, image, image)
+    near, far = _face((100, 20, 300, 400)), _face((10, 10, 100, 100))  # 400/480 = 83 % of the height; 21 %
+    ensemble = _Ensemble(0.05)
+    check = LivenessCheck(ensemble, 0.3, max_face_fraction=0.66)
+    close, attack = check.check(frame, [near, far])
+    assert not close.passed and not close.attack and close.code == "too_close" and close.score is None
+    assert "step back" in close.reason and "83%" in close.reason
+    assert attack.attack and attack.code == "attack" and attack.score == pytest.approx(0.05)
+    assert ensemble.asked == [[far.box]]  # the close face was never shown to the models
+    check.reload(load_config_text("[liveness]\nmax_face_fraction = 0.9\n"))
+    (judged,) = check.check(frame, [near])
+    assert judged.attack and judged.score == pytest.approx(0.05)
+    d = Decider(frames_required=2, window_frames=3, window_seconds=10.0)
+    outcomes = [d.update(i, i * 0.1, [], [close]) for i in range(3)]
+    refused = [o for o in outcomes if o is not None]
+    assert [o.outcome for o in refused] == [Outcome.REFUSED] and "step back" in refused[0].reason
+
+
+def load_config_text(text):
+    from edge.config import config_from_dict
+
+    return config_from_dict(tomllib.loads(text))
+
+
+def test_live_enrollment_tells_a_person_too_close_to_step_back():
+    from edge.enrollment.live import refusal_reason
+
+    close = Verdict("liveness", False, None, "too close to the camera for the liveness check: step back",
+                    code="too_close")
+    reason = refusal_reason(close)
+    assert reason.code == "too_close" and "step back" in reason.message
+    assert refusal_reason(ATTACK).code == "spoof"
+
+
+def test_eval_liveness_counts_a_face_too_close_as_unjudged_for_real_faces_and_refused_for_attacks():
+    from edge_model.liveness_eval import Judged, _summary
+
+    thresholds = np.array([0.0, 0.3, 1.0])
+    judged = [Judged(0.1, 0.4, False), Judged(0.9, 0.5, False), Judged(0.1, 0.9, True), Judged(0.9, 0.95, True),
+              None]
+    real = _summary("real", judged, False, 0.3, thresholds)
+    assert real["faces"] == 4 and real["too_close"] == 2 and real["images"] == 5
+    assert real["BPCER"] == 0.5 and real["BPCER_judging_every_face"] == 0.5
+    assert real["scores"] == [0.1, 0.9]
+    attacks = _summary("attacks", judged, True, 0.3, thresholds)
+    assert attacks["APCER"] == 0.25  # 1 of 4 faces let in: the 0.9 too close one is refused unjudged
+    assert attacks["APCER_judging_every_face"] == 0.5
+    assert [b["faces"] for b in attacks["by_fraction"]] == [2, 2]
+    assert [b["fraction"] for b in attacks["by_fraction"]] == [[0.0, 0.5], [0.83, 1.0]]

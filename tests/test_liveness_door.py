@@ -229,3 +229,42 @@ def test_tuning_records_at_the_door_reports_and_writes_the_threshold(tmp_path):
     no_real.write_text("\n".join(line for line in session.read_text().splitlines() if '"screen"' in line) + "\n")
     refused = edge("liveness-tune", "report", no_real, "-c", config)
     assert refused.returncode == 65 and "no real-face presentations" in refused.stderr
+
+
+def close_up(image: np.ndarray, fraction: float) -> np.ndarray:
+    """The same frame as a camera would see the person with their face spanning ``fraction`` of its height."""
+    from edge.detect import YuNetDetector
+    from edge.bundle import load_bundle
+
+    (face,) = YuNetDetector(load_bundle(MODELS / "yunet"), min_face_size=20).detect_image(image)
+    x, y, w, h = face.box
+    height, width = image.shape[:2]
+    side_h = h / fraction
+    side_w = side_h * width / height
+    cx, cy = x + w / 2, y + h / 2
+    matrix = np.float32([[width / side_w, 0, width / 2 - cx * width / side_w],
+                         [0, height / side_h, height / 2 - cy * height / side_h]])
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def test_a_face_filling_the_frame_is_asked_to_step_back_and_let_in_from_further_away(enrolled):
+    """Too close for the liveness crop to see around the face: refused (not a spoof), then granted normally."""
+    real = cv2.imread(str(SAMPLES / "image_T1.jpg"))
+    config = enrolled(hand_held(close_up(real, 0.85), 8, seed=2) + hand_held(real, 8, seed=4))
+    result = edge("run", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    decisions = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [d["outcome"] for d in decisions] == ["refused", "granted"], decisions
+    assert decisions[0]["check"] == "liveness" and "step back" in decisions[0]["reason"]
+    assert decisions[0]["score"] is None
+
+
+def test_edge_liveness_says_a_tight_portrait_cannot_be_judged(tmp_path):
+    real = cv2.imread(str(SAMPLES / "image_T1.jpg"))
+    tight = tmp_path / "tight.jpg"
+    cv2.imwrite(str(tight), close_up(real, 0.9))
+    result = edge("liveness", tight, SAMPLES / "image_T1.jpg")
+    assert result.returncode == 65
+    assert [line.split("\t")[1] for line in result.stdout.splitlines()] == ["real"]  # T1 still judged
+    assert "tight.jpg: too close to the camera for the liveness check" in result.stderr
+    assert "more of the scene around the face" in result.stderr

@@ -36,6 +36,8 @@ def refusal_reason(verdict) -> Reason:
     if verdict.attack:
         return Reason("spoof", "that looks like a photo or a screen, not a live face: take the photo or phone "
                                "away and look at the camera yourself")
+    if verdict.code == "too_close":  # the same word as the quality gate's, so the person hears one instruction
+        return Reason("too_close", verdict.reason)
     return Reason("refused", f"the {verdict.check} check turned the face down ({verdict.reason or 'no reason'})")
 
 

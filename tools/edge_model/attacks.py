@@ -48,6 +48,12 @@ def random_placement(rng: np.random.Generator) -> Placement:
                      yaw=rng.uniform(-25, 25), pitch=rng.uniform(-15, 15), roll=rng.uniform(-10, 10))
 
 
+def close_placement(rng: np.random.Generator) -> Placement:
+    """The medium held up to the lens: larger than the frame, so its edges (margin, bezel) are out of view."""
+    return Placement(cx=rng.uniform(0.45, 0.55), cy=rng.uniform(0.45, 0.55), height=rng.uniform(1.3, 2.8),
+                     yaw=rng.uniform(-15, 15), pitch=rng.uniform(-10, 10), roll=rng.uniform(-8, 8))
+
+
 def _background(rng: np.random.Generator) -> np.ndarray:
     """A plausible, unremarkable scene behind the medium: a lit wall with a gradient and some texture."""
     h, w = FRAME
