@@ -341,3 +341,28 @@ def test_liveness_bundle_matches_x86_on_arm64():
     (row,) = report["results"]
     assert report["kind"] == "liveness" and row["passed"] and row["argmax_flips"] == 0
     assert row["arm"]["machine"] == "aarch64" and row["min_cosine"] > 0.9999
+
+
+def test_the_cards_door_figures_come_from_the_eval_report():
+    """Every rate in the card's per-set table is the eval-liveness report's, at the threshold the door ships."""
+    from edge.config import default_config
+
+    report = json.loads((V2 / "eval" / "liveness-ensemble.json").read_text())
+    assert report["threshold"] == default_config().liveness.threshold
+    assert report["max_face_fraction"] == default_config().liveness.max_face_fraction
+    card = (V2 / "MODEL_CARD.md").read_text()
+    card = card[card.index("## The pair at the door"):card.index("## arm64")]
+    rows = {}
+    for line in card.splitlines():  # a set's first row is its per-set row (the by-size table follows)
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line)
+    for entry in report["sets"]:
+        label = "BPCER" if entry["kind"] == "real" else "APCER"
+        row = rows[entry["set"]]
+        assert f"| {entry['faces']} / {entry['images']} | {entry['too_close']} |" in row, row
+        rate = entry.get(label)
+        assert ("n/a (none judged)" if rate is None else f"{label} {100 * rate:.1f} %") in row, row
+        assert f"{label} {100 * entry[label + '_judging_every_face']:.1f} %" in row, row
+    for visit in report["visits"]:
+        label = "BPCER" if visit["kind"] == "real" else "APCER"
+        assert f"| {visit['passed']} / {visit['visits']} | {label} {100 * visit[label]:.1f} % |" in rows[visit["set"]]

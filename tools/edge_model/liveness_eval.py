@@ -145,7 +145,7 @@ def _plot(sets: list[dict], threshold: float, path: Path) -> None:
         scores = entry.get("scores")
         if not scores:
             continue
-        label = f"{entry['set']} ({entry['faces']})"
+        label = f"{entry['set']} ({len(scores)} judged)"
         if len(scores) < 10:  # a density of one or two images says nothing: mark them on the axis
             ax.plot(scores, [0.2] * len(scores), "v" if entry["kind"] == "attack" else "^", markersize=9, label=label)
             continue
