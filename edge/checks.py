@@ -65,7 +65,7 @@ class LivenessCheck(FaceCheck):
 
     name = "liveness"
 
-    def __init__(self, ensemble, threshold: float, max_face_fraction: float = 1.0) -> None:
+    def __init__(self, ensemble, threshold: float, max_face_fraction: float) -> None:
         self.ensemble = ensemble
         self.threshold = threshold
         self.max_face_fraction = max_face_fraction
