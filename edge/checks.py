@@ -58,8 +58,8 @@ class LivenessCheck(FaceCheck):
     The models (:mod:`edge.liveness`) look at the face box scaled out to include its surroundings (paper edges,
     bezels, moire, glare); their real-face probabilities are averaged and compared with
     ``liveness.threshold``.  A face spanning more than ``liveness.max_face_fraction`` of the frame leaves no
-    surroundings to see: it is not judged but turned down as too close (measured: real photos whose face fills
-    the frame are called attacks 5-15 times as often, and a print held up to the lens shows no edge).  Built
+    surroundings to see: it is not judged but turned down as too close (measured on CelebA photos: faces spanning
+    66-83 % of the picture were called attacks 9.8 % of the time, up to half of it 2.1 %).  Built
     once at start-up; a missing or tampered bundle stops the start (fail closed).
     """
 
