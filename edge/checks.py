@@ -89,12 +89,17 @@ class LivenessCheck(FaceCheck):
         self.threshold = config.liveness.threshold
         self.max_face_fraction = config.liveness.max_face_fraction
 
-    def too_close(self, frame: Frame, face: Face) -> Verdict | None:
-        """The verdict for a face too close to be judged, or None when the models can see around it."""
+    @staticmethod
+    def spans(frame: Frame, face: Face) -> float:
+        """The share of the main stream the face box spans (:func:`edge.liveness.face_fraction`)."""
         from .liveness import face_fraction
 
         height, width = frame.main.shape[:2]
-        fraction = face_fraction(width, height, face.box)
+        return face_fraction(width, height, face.box)
+
+    def too_close(self, frame: Frame, face: Face) -> Verdict | None:
+        """The verdict for a face too close to be judged, or None when the models can see around it."""
+        fraction = self.spans(frame, face)
         if fraction <= self.max_face_fraction:
             return None
         return Verdict(self.name, False, None, code="too_close",

@@ -32,7 +32,6 @@ def liveness(config_path, images):
     """
     from .errors import EdgeError, NoFaceError
     from .images import load_image
-    from .liveness import face_fraction
     from .types import Frame
 
     config = _load(config_path)
@@ -52,8 +51,7 @@ def liveness(config_path, images):
         face = max(faces, key=lambda f: f.box[2] * f.box[3])
         frame = Frame(0, 0.0, image, image)
         if check.too_close(frame, face) is not None:
-            spans = face_fraction(image.shape[1], image.shape[0], face.box)
-            click.echo(f"edge liveness: {path}: the face spans {spans:.0%} of the picture (at most "
+            click.echo(f"edge liveness: {path}: the face spans {check.spans(frame, face):.0%} of the picture (at most "
                        f"{check.max_face_fraction:.0%}), too close to judge: the models look at what surrounds the "
                        f"face; use a picture with more of the scene around it", err=True)
             failed += 1

@@ -27,7 +27,6 @@ from edge.cli import boundary
 from edge.config import DEMO_DIR
 from edge.detect import YuNetDetector
 from edge.images import load_image
-from edge.liveness import face_fraction
 from edge.types import Frame
 
 from .attacks import SPECIES, attack_frame, close_placement, hand_held
@@ -53,7 +52,7 @@ class Judged:
     """The largest face of one image as the door's liveness check sees it."""
 
     score: float  # the averaged P(real), computed even where the door would not judge the face
-    fraction: float  # the share of the image the face box spans (edge.liveness.face_fraction)
+    fraction: float  # the share of the image the face box spans (LivenessCheck.spans)
     too_close: bool  # over liveness.max_face_fraction: the door turns it down without judging it
 
 
@@ -63,8 +62,7 @@ def judge_image(image: np.ndarray, detector, check) -> Judged | None:
         return None
     face = max(faces, key=lambda f: f.box[2] * f.box[3])
     frame = Frame(0, 0.0, image, image)
-    height, width = image.shape[:2]
-    return Judged(float(check.scores(frame, [face])[0]), face_fraction(width, height, face.box),
+    return Judged(float(check.scores(frame, [face])[0]), check.spans(frame, face),
                   check.too_close(frame, face) is not None)
 
 
