@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "eval-liveness": "edge_model.liveness_eval",
     "train-student": "edge_model.train_student",
     "train-consistent": "edge_model.train_consistent",
+    "train-edgenext": "edge_model.train_edgenext",
 }
 
 

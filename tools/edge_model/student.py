@@ -268,7 +268,7 @@ def fold_batchnorm(model: Student) -> Student:
     A network folded already (a QAT one) comes back as a plain copy.
     """
     model = copy.deepcopy(model).eval().cpu()
-    if not isinstance(model.bn, nn.BatchNorm1d):
+    if not isinstance(getattr(model, "bn", None), nn.BatchNorm1d):
         return model
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
