@@ -3,6 +3,7 @@ inside the MAC budget), the exact folding and equalisation behind its export, an
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -60,7 +61,9 @@ def test_edgeface_in_pytorch_computes_its_onnx_export(crops, edgeface):
 @needs_edgeface
 def test_the_student_has_no_layernorm_or_attention_and_fits_the_budget(crops, edgeface, tmp_path):
     batches = [teacher_input(_rgb(crops))]
-    student, basis = ex.student_from_edgeface(edgeface, batches, 39_500_000, 128, INPUT_STD)
+    frozen = copy.deepcopy(edgeface).requires_grad_(False)  # as the trainer holds its teacher
+    student, basis = ex.student_from_edgeface(frozen, batches, 39_500_000, 128, INPUT_STD)
+    assert all(p.requires_grad for p in student.parameters())  # every weight trains, not just the new ones
     assert not any(isinstance(m, (ex.ChannelNorm, ex.XCA)) for m in student.modules())
     assert ex.folded_macs(student) <= 39_500_000 < ex.folded_macs(ex.replace_norms(edgeface, batches))
     assert student.config.embedding_size == 128 and basis.shape == (128, 512)
@@ -197,3 +200,18 @@ def test_a_stage_starts_from_edgeface_and_the_next_resumes_under_qat(tmp_path):
     assert record["stage"] == 2 and model.config.form == "folded" and basis.shape == (128, 512)
     assert not hasattr(model, "qat")
     assert count_macs(model)["macs"] <= 39_500_000
+
+
+def test_the_readout_is_cut_to_the_teachers_principal_subspace_not_the_students():
+    torch.manual_seed(0)
+    student = ex.EdgeNeXt(ex.EdgeNeXtConfig(form="student", embedding_size=32))
+    # the teacher's embeddings live in an 8-D subspace of its 32-D space
+    span = torch.linalg.qr(torch.randn(32, 8))[0]
+    reference = torch.randn(500, 8) @ span.t()
+    cut, basis = ex.principal_readout(student, reference, 8)
+    assert basis.shape == (8, 32) and cut.config.embedding_size == 8 and cut.head.fc.out_features == 8
+    kept = (F.normalize(reference, dim=1) @ basis.t()).norm(dim=1)
+    assert kept.min().item() > 0.999  # every teacher embedding lies in the kept directions
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x), student(x) @ basis.t(), atol=1e-4, rtol=1e-4)

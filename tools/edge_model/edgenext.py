@@ -364,7 +364,7 @@ def replace_norms(teacher: EdgeNeXt, batches: list[torch.Tensor]) -> EdgeNeXt:
     1x1 conv, in forward order: each is fitted on the changed network's input to the exact network's
     output at that place, so the later fits correct what the earlier ones lost.  ``batches``: normalised
     inputs."""
-    student = copy.deepcopy(teacher).eval()
+    student = copy.deepcopy(teacher).eval().requires_grad_(True)  # the teacher may be frozen; its copy trains
     student.config = dataclasses.replace(teacher.config, form="student")
     for name, module in teacher.named_modules():
         if not isinstance(module, ChannelNorm):
@@ -549,10 +549,12 @@ def prune_hidden(student: EdgeNeXt, batches: list[torch.Tensor], max_macs: int) 
 
 
 @torch.no_grad()
-def principal_readout(student: EdgeNeXt, batches: list[torch.Tensor], dim: int) -> tuple[EdgeNeXt, torch.Tensor]:
-    """The readout restricted to the ``dim`` directions that hold most of the normalised embeddings'
-    energy (uncentred PCA: it keeps cosine similarities best); returns the student and the (dim, D) basis."""
-    emb = torch.cat([student.embed(x) for x in batches]).double()
+def principal_readout(student: EdgeNeXt, reference: torch.Tensor, dim: int) -> tuple[EdgeNeXt, torch.Tensor]:
+    """The readout restricted to the ``dim`` directions that hold most of the energy of ``reference``,
+    the teacher's normalised embeddings of training crops (uncentred PCA: it keeps cosine similarities
+    best).  The basis must come from the teacher: the student's start is the target's subspace, not its
+    own.  Returns the student and the (dim, D) basis."""
+    emb = F.normalize(reference.double(), dim=1)
     _, vecs = torch.linalg.eigh(emb.t() @ emb)
     basis = vecs[:, -dim:].flip(1).t().float()
     student = copy.deepcopy(student)
@@ -702,7 +704,13 @@ def student_from_edgeface(teacher: EdgeNeXt, batches: list[torch.Tensor], max_ma
     training crops in EdgeFace's normalisation.  Returns the student and its (dim, 512) basis."""
     student = to_student_spec(replace_norms(teacher, batches), input_std)
     ours = [x * TEACHER_STD / input_std for x in batches]
-    student = prune_hidden(student, ours, max_macs)
-    student, basis = principal_readout(student, ours, dim)
+    if max_macs:
+        student = prune_hidden(student, ours, max_macs)
+    if dim == teacher.config.embedding_size:  # EdgeFace's own space: nothing to cut
+        basis = torch.eye(dim)
+    else:
+        with torch.no_grad():
+            reference = torch.cat([teacher.embed(x) for x in batches])
+        student, basis = principal_readout(student, reference, dim)
     log.info("student from EdgeFace: %d MACs exported, hidden %s", folded_macs(student), student.config.hidden)
     return student.eval(), basis

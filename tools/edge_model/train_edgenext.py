@@ -247,7 +247,8 @@ def start_student(teacher: ex.EdgeNeXt, crops: np.ndarray, train_idx: np.ndarray
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A stage checkpoint to continue from (the next stage number, a fresh schedule).")
 @click.option("--max-macs", default=MAX_MACS, show_default=True, help="MAC budget of the exported network (start only).")
-@click.option("--dim", default=128, show_default=True, help="Embedding width (start only).")
+@click.option("--dim", default=512, show_default=True,
+              help="Embedding width (start only): 512 keeps EdgeFace's space; less cuts it to its principal subspace.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/crops"), show_default=True)
 @click.option("--limit", type=int, default=None, help="At most this many images (sampled with --seed).")
 @click.option("--heldout", default=0.01, show_default=True)
