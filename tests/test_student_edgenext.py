@@ -215,3 +215,49 @@ def test_the_readout_is_cut_to_the_teachers_principal_subspace_not_the_students(
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(cut(x), student(x) @ basis.t(), atol=1e-4, rtol=1e-4)
+
+
+def test_every_figure_of_the_training_record_comes_from_its_reports():
+    """The README's CFP rows are the committed eval reports' numbers and its stage rows the curve's."""
+    folder = ROOT / "models" / "student-edgenext"
+    readme = (folder / "README.md").read_text()
+    reports = sorted((folder / "eval").glob("*/*/report.json"))
+    assert len(reports) >= 2
+    for path in reports:
+        for model in json.loads(path.read_text())["models"]:
+            acc, tar = model["accuracy"], model["tar_at_far"]["0.001"]["tar"]
+            assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in readme, f"{path} {model['name']}"
+            assert f"{100 * tar:.2f}" in readme, f"{path} {model['name']} TAR"
+    for record in json.loads((folder / "curve.json").read_text()):
+        row = (f"| {record['stage']} | {record['steps']} | {record['minutes']:.1f} | "
+               f"{record['heldout_cos_edgeface']:.3f} | {record['train_cos_edgeface']:.3f} |")
+        assert row in readme, row
+
+
+def test_the_committed_stage_converts_to_full_int8_and_stays_close_to_float(tmp_path, crops):
+    """The exported graph is one the converter quantises whole (every op int8), and on real faces the INT8
+    bundle stays near the float student (the committed stage: 0.92 mean cosine on 32 training crops)."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnx2tf")
+    from click.testing import CliRunner
+
+    from edge_model.cli import main
+    from edge_model.train_edgenext import export, load_stage
+
+    model, _, _ = load_stage(ROOT / "models" / "student-edgenext" / "checkpoints" / "stage-1.pt")
+    onnx_path = tmp_path / "student.onnx"
+    export(model, crops, np.arange(len(crops)), onnx_path)
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["convert", str(onnx_path), "--quant", "int8", "--color", "rgb", "--mean",
+                                       "127.5", "--std", "128", "--calib", str(FACES), "--calib-count", "6",
+                                       "--seed", "0", "--out", str(out), "--licence", "test", "--name", "s",
+                                       "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["dtype"] == "int8" and manifest["embedding_size"] == 512
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(out / manifest["file"]))
+    kinds = {d["dtype"].__name__ for d in interp.get_tensor_details()}
+    assert kinds == {"int8", "int32"}, kinds  # int8 activations and weights, int32 biases: no op left in float
+    assert manifest["verification"]["cosine_mean"] > 0.85
