@@ -228,7 +228,8 @@ def test_every_figure_of_the_training_record_comes_from_its_reports():
             acc, tar = model["accuracy"], model["tar_at_far"]["0.001"]["tar"]
             assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in readme, f"{path} {model['name']}"
             assert f"{100 * tar:.2f}" in readme, f"{path} {model['name']} TAR"
-    for record in json.loads((folder / "curve.json").read_text()):
+    curves = [folder / "curve.json", folder / "qat" / "curve.json"]
+    for record in [r for c in curves for r in json.loads(c.read_text())]:
         row = (f"| {record['stage']} | {record['steps']} | {record['minutes']:.1f} | "
                f"{record['heldout_cos_edgeface']:.3f} | {record['train_cos_edgeface']:.3f} |")
         assert row in readme, row
