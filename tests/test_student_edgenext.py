@@ -197,7 +197,7 @@ def test_a_stage_starts_from_edgeface_and_the_next_resumes_under_qat(tmp_path):
     curve = json.loads((out / "curve.json").read_text())
     assert [c["stage"] for c in curve] == [1, 2] and curve[1]["qat"] is True
     model, basis, record = load_stage(out / "checkpoints" / "stage-2.pt")
-    assert record["stage"] == 2 and model.config.form == "folded" and basis.shape == (128, 512)
+    assert record["stage"] == 2 and model.config.form == "folded" and basis.shape == (512, 512)
     assert not hasattr(model, "qat")
     assert count_macs(model)["macs"] <= 39_500_000
 

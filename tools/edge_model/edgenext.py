@@ -318,15 +318,20 @@ def _capture(model: nn.Module, module: nn.Module, batches: list[torch.Tensor], w
 
     handle = module.register_forward_hook(hook)
     try:
-        with torch.no_grad():
-            for x in batches:
-                try:
-                    model(x)
-                except _Stop:
-                    pass
+        _run_until_captured(model, batches)
     finally:
         handle.remove()
     return torch.cat(got)
+
+
+@torch.no_grad()
+def _run_until_captured(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Forward each batch as far as the capturing hook, which raises :class:`_Stop`."""
+    for x in batches:
+        try:
+            model(x)
+        except _Stop:
+            pass
 
 
 class _Stop(Exception):
@@ -397,11 +402,7 @@ def _capture_branch(model: EdgeNeXt, block: SplitBlock, batches, what: str) -> t
 
     block.attention_branch = spy
     try:
-        for x in batches:
-            try:
-                model(x)
-            except _Stop:
-                pass
+        _run_until_captured(model, batches)
     finally:
         del block.attention_branch
     return torch.cat(got)
