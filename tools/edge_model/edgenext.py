@@ -629,6 +629,8 @@ def equalise(folded: EdgeNeXt, batches: list[torch.Tensor]) -> EdgeNeXt:
     return model
 
 
+# Only outliers are scaled down: scaling the quiet channels up as well (floor 0.25 or 0.05) measured worse
+# (full-INT8 cosine to float 0.917 against 0.925 on the first trained student).
 MIN_STREAM_SCALE = 1.0
 
 

@@ -35,7 +35,7 @@ from edge.cli import boundary
 
 from . import edgenext as ex
 from .student import INPUT_STD, count_macs
-from .train_consistent import ViewRecipe, draw_view, relational_loss, student_input
+from .train_consistent import ViewRecipe, append_curve, draw_view, relational_loss, student_input
 from .train_student import (
     _lr_schedule,
     clean_view,
@@ -317,9 +317,7 @@ def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limi
               "before": before, **result, "command": " ".join(sys.argv[1:])}
     save_stage(out_dir / "checkpoints" / f"stage-{stage}.pt", trainer.model, basis, record)
     (out_dir / f"history-stage-{stage}.json").write_text(json.dumps(opts.history, indent=1))
-    curve_path = out_dir / "curve.json"
-    curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
-    curve_path.write_text(json.dumps(curve + [record], indent=1))
+    append_curve(out_dir / "curve.json", record)
     click.echo(f"stage {stage}: {json.dumps(record)}")
     if not no_export:
         export(trainer.model.cpu().to(memory_format=torch.contiguous_format), crops, train_idx, out_dir / "student.onnx", seed)
