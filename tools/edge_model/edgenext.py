@@ -10,7 +10,7 @@ seeing the already-changed network's input and the exact network's output at tha
 - every LayerNorm -> a per-channel affine (a frozen BatchNorm), which folds into the adjacent conv;
 - every cross-covariance attention branch -> one fitted 1x1 conv (its average channel mixing);
 - the MLP hidden units that carry least per multiply-add are pruned until the network fits ``max_macs``;
-- the 512-D readout -> its 128-D principal subspace (the gallery's width).
+- the 512-D readout kept, or cut to its principal subspace for a narrower gallery (``dim``).
 
 What is left is convolutions, GELU, additions and one average pool.  The network is NCHW throughout
 (1x1 convs for the MLPs), so the export is a plain conv graph.
@@ -502,10 +502,8 @@ def prune_hidden(student: EdgeNeXt, batches: list[torch.Tensor], max_macs: int) 
     count = 0
     try:
         for x in batches:
-            feats = student.stem(x)
+            student.features(x)
             count += len(x)
-            for stage in student.stages:
-                feats = stage.blocks(stage.downsample(feats))
     finally:
         for h in hooks:
             h.remove()
@@ -572,16 +570,6 @@ def to_student_spec(student: EdgeNeXt, std: float) -> EdgeNeXt:
     with torch.no_grad():
         student.stem[0].weight.mul_(std / TEACHER_STD)
     return student
-
-
-def export_onnx(student: EdgeNeXt, path, opset: int = 20) -> None:
-    """The folded student -> ONNX, static 1x3x112x112 ``input``, ``embedding`` output (as
-    :func:`edge_model.student.export_onnx` writes the Inception student).  Opset 20 writes GELU as one
-    ``Gelu`` node (TFLite's GELU builtin); at 13 it is an Erf subgraph whose 0.5 onnxsim folds into
-    the next conv, which no longer matches :func:`edge_model.onnx_prepare.find_gelus`."""
-    from .student import export_onnx as export_module
-
-    export_module(fold(student), path, opset)
 
 
 @torch.no_grad()

@@ -4,11 +4,11 @@ The Inception student flattened at about 94 % on CFP-FF after five CPU stages (m
 weights know far less than EdgeFace's, and CPU stages cannot teach 40k faces what WebFace taught.  This
 student starts from EdgeFace-XXS's own weights instead (:func:`edge_model.edgenext.student_from_edgeface`:
 LayerNorms and attention replaced by fitted INT8-friendly stand-ins, MLPs pruned to the MAC budget,
-the readout cut to 128-D), and every step teaches it back EdgeFace's function on exactly the view it sees:
+the readout kept at 512-D or cut to its principal subspace), and every step teaches it back EdgeFace's function on exactly the view it sees:
 
 - feature hints: each of the four stage outputs against EdgeFace's (MSE over the teacher's energy) - the
   student keeps EdgeFace's shapes, so every stage has a dense target;
-- the direct term: 1 - cosine to EdgeFace's embedding in the student's 128-D principal subspace;
+- the direct term: 1 - cosine to EdgeFace's embedding (in the student's principal subspace when ``--dim`` cuts it);
 - the relational term: the in-batch similarity matrix against EdgeFace's full 512-D one.
 
 ``--qat`` runs a stage with full-INT8 rounding simulated on the exported (folded, equalised) network
@@ -134,7 +134,7 @@ class EvalSet:
 
 @torch.no_grad()
 def figures(model: ex.EdgeNeXt, basis: torch.Tensor, sets: list[EvalSet]) -> dict:
-    """Per set: cosine to EdgeFace in the student's 128-D subspace, and the similarity-matrix MSE to
+    """Per set: cosine to EdgeFace (in the student's subspace when it is cut), and the similarity-matrix MSE to
     EdgeFace's full embedding (the same figure ``train-consistent`` reports as rel_mse_edgeface)."""
     out = {}
     for s in sets:
@@ -185,7 +185,9 @@ def calibration_inputs(crops: np.ndarray, idx: np.ndarray, n: int, seed: int, sp
 
 
 def export(model: ex.EdgeNeXt, crops: np.ndarray, train_idx: np.ndarray, path: Path, seed: int = 0) -> None:
-    """Folded (if it is not yet), equalised on clean training crops, to ONNX."""
+    """Folded (if it is not yet), equalised on clean training crops, to ONNX at opset 20: there GELU is one
+    ``Gelu`` node (TFLite's GELU builtin); at 13 it is an Erf subgraph whose 0.5 onnxsim folds into the next
+    conv, which no longer matches :func:`edge_model.onnx_prepare.find_gelus`."""
     plain = ex.strip_qat(model).eval()
     folded = ex.fold(plain) if plain.config.form == "student" else plain
     folded = ex.equalise(folded, calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
