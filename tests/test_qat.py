@@ -70,6 +70,23 @@ def test_activation_rounding_uses_the_calibrated_range():
     assert quant.hi.item() == 6.0  # frozen outside training
 
 
+def test_a_frozen_range_stays_put_in_training_until_recalibrated():
+    quant = ActFakeQuant(momentum=0.0)
+    quant.observing = True
+    quant(torch.tensor([-1.0, 2.0]))
+    quant.observing = False
+    quant.train()
+    quant(torch.tensor([-50.0, 50.0]))
+    assert (quant.lo.item(), quant.hi.item()) == (-1.0, 2.0)
+    moving = ActFakeQuant(momentum=0.5)
+    moving.observing = True
+    moving(torch.tensor([-1.0, 2.0]))
+    moving.observing = False
+    moving.train()
+    moving(torch.tensor([-3.0, 4.0]))
+    assert (moving.lo.item(), moving.hi.item()) == (-2.0, 3.0)
+
+
 def test_rounding_sits_where_tflite_stores_int8_tensors():
     model = _tiny()
     qat = prepare_qat(model)

@@ -176,6 +176,31 @@ def test_qat_simulation_strips_back_to_the_network_it_wrapped():
         torch.testing.assert_close(plain(x), folded(x))
 
 
+def test_qat_trains_on_the_grid_post_training_conversion_will_pick():
+    """Ranges are the calibration crops' min/max (the converter's rule) and training does not move them."""
+    from edge_model.qat import calibrate, fake_quantisers
+
+    torch.manual_seed(0)
+    folded = ex.fold(_random_student(2))
+    calibration = [torch.randn(2, 3, 112, 112)]
+    q = ex.prepare_qat(folded)
+    calibrate(q, calibration)
+    ranges = [(a.lo.item(), a.hi.item()) for a in fake_quantisers(q)]
+    stem = q.stem[0].act_quant
+    with torch.no_grad():
+        out = folded.stem[0](calibration[0])
+    # (the simulation's stem has int8-rounded weights, hence approx)
+    assert (stem.lo.item(), stem.hi.item()) == pytest.approx((out.min().item(), out.max().item()), rel=2e-3)
+    q.train()
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    loss = q(3 * torch.randn(2, 3, 112, 112)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert [(a.lo.item(), a.hi.item()) for a in fake_quantisers(q)] == ranges
+    calibrate(q, calibration)  # what the trainer does every --recalibrate-every steps
+    assert [(a.lo.item(), a.hi.item()) for a in fake_quantisers(q)] != ranges  # the weights moved
+
+
 @needs_edgeface
 def test_a_stage_starts_from_edgeface_and_the_next_resumes_under_qat(tmp_path):
     from click.testing import CliRunner

@@ -44,7 +44,9 @@ class ActFakeQuant(nn.Module):
 
     ``observing`` (calibration) records the running min/max over every batch, as
     TFLite's calibrator does, without rounding; afterwards training moves the range
-    slowly (``momentum``) and evaluation uses it frozen.
+    slowly (``momentum``) and evaluation uses it frozen.  With ``momentum=0`` training
+    leaves the range alone too: only :func:`calibrate` sets it, so the grid trained on
+    is the one post-training conversion will pick (its calibrator's min/max rule).
     """
 
     def __init__(self, momentum: float = 0.01) -> None:
@@ -62,7 +64,7 @@ class ActFakeQuant(nn.Module):
         return scale.float(), zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or self.observing:
+        if (self.training and self.momentum > 0) or self.observing:
             with torch.no_grad():
                 lo, hi = (v.float() for v in torch.aminmax(x.detach()))
                 if not bool(self.seen):

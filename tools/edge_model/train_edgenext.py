@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from .train_student import (
 
 log = logging.getLogger(__name__)
 
+CONVERT_CALIBRATION = 300  # crops edge-model convert calibrates on by default
 MAX_MACS = 39_500_000  # the issue's 40M with room for the ops count_macs does not see (adds, GELU, mean)
 
 
@@ -185,12 +187,14 @@ def calibration_inputs(crops: np.ndarray, idx: np.ndarray, n: int, seed: int, sp
 
 
 def export(model: ex.EdgeNeXt, crops: np.ndarray, train_idx: np.ndarray, path: Path, seed: int = 0) -> None:
-    """Folded (if it is not yet), equalised on clean training crops, to ONNX at opset 20: there GELU is one
+    """Folded and equalised on clean training crops (unless a QAT stage did both already), to ONNX at opset 20: there GELU is one
     ``Gelu`` node (TFLite's GELU builtin); at 13 it is an Erf subgraph whose 0.5 onnxsim folds into the next
     conv, which no longer matches :func:`edge_model.onnx_prepare.find_gelus`."""
     plain = ex.strip_qat(model).eval()
-    folded = ex.fold(plain) if plain.config.form == "student" else plain
-    folded = ex.equalise(folded, calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
+    if plain.config.form == "student":
+        folded = ex.equalise(ex.fold(plain), calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
+    else:  # a QAT stage's network, equalised before it trained: equalising again would move its grid
+        folded = plain
     from .student import export_onnx
 
     export_onnx(folded, path, 20)
@@ -207,6 +211,8 @@ class StageOptions:
     eval_every: int = 200
     seed: int = 0
     history: list[dict] = field(default_factory=list)
+    recalibrate: Callable[[], None] | None = None  # QAT: re-take the activation ranges
+    recalibrate_every: int = 50
 
 
 def run_stage(trainer: Trainer, crops: torch.Tensor, train_idx: torch.Tensor, sets: list[EvalSet],
@@ -219,6 +225,8 @@ def run_stage(trainer: Trainer, crops: torch.Tensor, train_idx: torch.Tensor, se
     while step < opts.steps:
         running += trainer.step(draw_view(crops, train_idx, trainer.recipe, gen, rng), lr_at(step))
         step += 1
+        if opts.recalibrate is not None and step % opts.recalibrate_every == 0:
+            opts.recalibrate()
         if step % opts.eval_every == 0:
             entry = {"step": step, "loss": round(running / opts.eval_every, 5),
                      "minutes": round((time.time() - started) / 60, 2), **figures(trainer.model, trainer.basis, sets)}
@@ -266,13 +274,15 @@ def start_student(teacher: ex.EdgeNeXt, crops: np.ndarray, train_idx: np.ndarray
 @click.option("--aug-strength", default=0.8, show_default=True)
 @click.option("--eval-every", default=200, show_default=True)
 @click.option("--qat", is_flag=True, help="Train the exported network with full-INT8 rounding simulated.")
+@click.option("--recalibrate-every", default=50, show_default=True,
+              help="Under --qat: steps between re-taking the activation ranges (min/max over clean crops).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--no-export", is_flag=True)
 @boundary
 def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limit, heldout, split_seed, batch_size,
-            steps, max_minutes, lr, hint_weight, rel_weight, mixup, cutmix, aug_strength, eval_every, qat, seed,
-            threads, no_export):
+            steps, max_minutes, lr, hint_weight, rel_weight, mixup, cutmix, aug_strength, eval_every, qat,
+            recalibrate_every, seed, threads, no_export):
     """Distil EdgeFace-XXS into its INT8-friendly self, one resumable stage per run."""
     from .crops import build_crops
     from .onnx_teacher import EDGEFACE_XXS
@@ -303,7 +313,8 @@ def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limi
         if model.config.form == "student":
             model = ex.equalise(ex.fold(model), calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
         model = ex.prepare_qat(model)
-        calibrate(model, calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
+        calibration = calibration_inputs(crops, train_idx, CONVERT_CALIBRATION, seed, INPUT_STD)
+        calibrate(model, calibration)
         hint_weight = 0.0  # the folded, equalised streams are scaled per channel: no longer EdgeFace's
     model = model.to(memory_format=torch.channels_last)
     recipe = ViewRecipe(batch_size, mixup, cutmix, aug_strength, 112)
@@ -312,6 +323,9 @@ def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limi
     before = figures(model, basis, sets)
     click.echo(f"before: {json.dumps(before)}")
     opts = StageOptions(steps=steps, lr=lr, max_minutes=max_minutes, eval_every=eval_every, seed=seed + stage)
+    if qat:
+        opts.recalibrate = lambda: calibrate(trainer.model, calibration)
+        opts.recalibrate_every = recalibrate_every
     result = run_stage(trainer, torch.from_numpy(crops), torch.from_numpy(train_idx), sets, opts)
     record = {"stage": stage, "start": str(resume or "EdgeFace-XXS (edge_model.edgenext.student_from_edgeface)"),
               "crops": len(crops), "heldout": len(held), "batch_size": batch_size, "lr": lr, "qat": qat,
