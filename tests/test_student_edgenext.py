@@ -176,6 +176,29 @@ def test_qat_simulation_strips_back_to_the_network_it_wrapped():
         torch.testing.assert_close(plain(x), folded(x))
 
 
+def test_qat_trains_an_equalised_network_in_its_natural_scale():
+    """Adam steps are about the learning rate per weight: the trained tensors are the un-equalised ones."""
+    from edge_model.qat import calibrate
+
+    folded = ex.fold(_random_student(2))
+    x = torch.randn(2, 3, 112, 112)
+    equal = ex.equalise(folded, [x])
+    q = ex.prepare_qat(equal, natural=folded)
+    calibrate(q, [x])
+    trained = {n.replace(".parametrizations", "").replace(".original", ""): p for n, p in q.named_parameters()}
+    natural = dict(folded.named_parameters())
+    assert trained.keys() == natural.keys()
+    outlier = "stages.2.blocks.4.mlp.fc2.bias"  # the planted outlier channel, divided by equalise
+    assert not torch.allclose(dict(equal.named_parameters())[outlier], natural[outlier])
+    for name, p in trained.items():
+        torch.testing.assert_close(p, natural[name], rtol=1e-5, atol=1e-6)
+    plain = ex.strip_qat(q)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), equal(x), rtol=1e-4, atol=1e-4)
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(p, dict(equal.named_parameters())[name], rtol=1e-5, atol=1e-6)
+
+
 def test_qat_trains_on_the_grid_post_training_conversion_will_pick():
     """Ranges are the calibration crops' min/max (the converter's rule) and training does not move them."""
     from edge_model.qat import calibrate, fake_quantisers

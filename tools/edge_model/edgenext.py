@@ -691,7 +691,7 @@ def _equalise_split(block: SplitBlock, s: torch.Tensor) -> None:
 QAT_SITES = (nn.Conv2d, nn.Linear, nn.GELU, ConvBlock, SplitBlock, Site)
 
 
-def prepare_qat(folded: EdgeNeXt) -> EdgeNeXt:
+def prepare_qat(folded: EdgeNeXt, natural: EdgeNeXt | None = None) -> EdgeNeXt:
     """A copy of the exported network with full-INT8 TFLite's rounding simulated
     (:mod:`edge_model.qat`'s quantisers): weights per output channel; per tensor the input, the output of
     every conv, GELU, residual sum (block output), split-chain sum, concatenation, the pooled features and
@@ -702,12 +702,24 @@ def prepare_qat(folded: EdgeNeXt) -> EdgeNeXt:
     Training never moves a range (``momentum=0``): the converter will take each one as the min/max over
     its calibration crops, so the trainer re-takes them the same way, on clean crops, every so many
     steps.  Moving averages of per-batch ranges (the Inception student's QAT) train on a finer grid
-    than the one shipped: a 20-min stage that way lifted INT8 fidelity yet lost CFP-FF accuracy."""
+    than the one shipped: a 20-min stage that way lifted INT8 fidelity yet lost CFP-FF accuracy.
+
+    ``natural``, the same network before :func:`equalise`: each tensor is then trained in its scale
+    (``folded`` = ``natural`` x a fixed factor, :class:`Rescaled`).  Adam moves every weight by about the
+    learning rate whatever its size, so in the equalised scale the rows divided by up to ~40 moved that much
+    faster: held-out cosine fell 0.860 -> 0.840 in the first 100 steps at 5e-5."""
     from .qat import ActFakeQuant, WeightFakeQuant
 
     if folded.config.form != "folded":
         raise ValueError("prepare_qat takes a folded network")
     model = copy.deepcopy(folded)
+    if natural is not None:
+        nat = dict(natural.named_parameters())
+        for name, value in list(model.named_parameters()):
+            owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+            base = nat[name].detach()
+            factor = torch.where(base != 0, value.detach() / torch.where(base != 0, base, 1), 1.0)
+            parametrize.register_parametrization(model.get_submodule(owner), attr, Rescaled(factor))
     for module in list(model.modules()):
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             parametrize.register_parametrization(module, "weight", WeightFakeQuant())
@@ -722,16 +734,39 @@ def _quantise_output(module: nn.Module, _inputs, output: torch.Tensor) -> torch.
     return module.act_quant(output)
 
 
+class Rescaled(nn.Module):
+    """A tensor trained in another scale: ``value = original * factor`` (factor fixed)."""
+
+    def __init__(self, factor: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("factor", factor)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return original * self.factor
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value / self.factor
+
+
+@torch.no_grad()
 def strip_qat(model: EdgeNeXt) -> EdgeNeXt:
-    """The float network under the simulation (weights as trained, no quantisers)."""
+    """The float network under the simulation (weights as trained, unrounded; no quantisers)."""
+    from .qat import WeightFakeQuant
+
     if not getattr(model, "qat", False):
         return model
-    state = {}
-    for key, value in model.state_dict().items():
-        if ".act_quant." in key or key.startswith("act_quant."):
-            continue
-        state[key.replace(".parametrizations.weight.original", ".weight")] = value.detach().cpu()
     plain = EdgeNeXt(model.config)
+    rounders = [m for m in model.modules() if isinstance(m, WeightFakeQuant)]
+    for m in rounders:
+        m.bypass = True
+    try:
+        state = {}
+        for key in plain.state_dict():
+            owner, attr = key.rsplit(".", 1) if "." in key else ("", key)
+            state[key] = getattr(model.get_submodule(owner), attr).detach().cpu().clone()
+    finally:
+        for m in rounders:
+            m.bypass = False
     plain.load_state_dict(state)
     return plain.eval()
 

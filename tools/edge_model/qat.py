@@ -30,9 +30,14 @@ from .student import InceptionBlock, Student, fold_batchnorm
 
 
 class WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric int8 rounding of a weight (TFLite's per-channel scheme)."""
+    """Per-output-channel symmetric int8 rounding of a weight (TFLite's per-channel scheme).
+    ``bypass`` hands the weight on unrounded (reading out the float network under the simulation)."""
+
+    bypass = False
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return weight
         dims = tuple(range(1, weight.ndim))
         scale = (weight.detach().abs().amax(dim=dims) / 127).clamp_min(1e-12).float()
         zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)

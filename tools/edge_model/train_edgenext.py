@@ -310,9 +310,11 @@ def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limi
     click.echo(f"stage {stage}: {len(crops)} crops ({len(held)} held out); exported network {macs / 1e6:.2f}M MACs, "
                f"{params / 1e6:.3f}M params, {model.config.embedding_size}-D")
     if qat:
+        natural = None
         if model.config.form == "student":
-            model = ex.equalise(ex.fold(model), calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
-        model = ex.prepare_qat(model)
+            natural = ex.fold(model)
+            model = ex.equalise(natural, calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
+        model = ex.prepare_qat(model, natural)
         calibration = calibration_inputs(crops, train_idx, CONVERT_CALIBRATION, seed, INPUT_STD)
         calibrate(model, calibration)
         hint_weight = 0.0  # the folded, equalised streams are scaled per channel: no longer EdgeFace's
