@@ -244,6 +244,7 @@ def test_a_stage_starts_from_edgeface_and_the_next_resumes_under_qat(tmp_path):
     assert second.exit_code == 0, second.output
     curve = json.loads((out / "curve.json").read_text())
     assert [c["stage"] for c in curve] == [1, 2] and curve[1]["qat"] is True
+    assert curve[1]["qat_teacher"] == "float" and curve[1]["hint_weight"] == 1.0  # its own float's stage outputs
     model, basis, record = load_stage(out / "checkpoints" / "stage-2.pt")
     assert record["stage"] == 2 and model.config.form == "folded" and basis.shape == (512, 512)
     assert not hasattr(model, "qat")

@@ -18,6 +18,7 @@ checkpoints like ``train-consistent``'s; ``OUT/curve.json`` gets one record per 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -60,7 +61,7 @@ def teacher_input(view: torch.Tensor) -> torch.Tensor:
 def stage_outputs(model: ex.EdgeNeXt, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The four stage outputs and the raw embedding."""
     out = []
-    x = model.stem(x)
+    x = model.stem(model.input_site(x))
     for stage in model.stages:
         x = stage.blocks(stage.downsample(x))
         out.append(x)
@@ -83,10 +84,11 @@ class Trainer:
     recipe: ViewRecipe
     hint_weight: float = 1.0
     rel_weight: float = 2.0
+    teacher_std: float = ex.TEACHER_STD  # the teacher's input is (view - 127.5) / teacher_std
 
     def targets(self, view: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         with torch.no_grad():
-            return stage_outputs(self.teacher, teacher_input(view))
+            return stage_outputs(self.teacher, (view - 127.5) / self.teacher_std)
 
     def loss(self, view: torch.Tensor) -> torch.Tensor:
         t_feats, t_emb = self.targets(view)
@@ -274,6 +276,9 @@ def start_student(teacher: ex.EdgeNeXt, crops: np.ndarray, train_idx: np.ndarray
 @click.option("--aug-strength", default=0.8, show_default=True)
 @click.option("--eval-every", default=200, show_default=True)
 @click.option("--qat", is_flag=True, help="Train the exported network with full-INT8 rounding simulated.")
+@click.option("--qat-teacher", type=click.Choice(["float", "edgeface"]), default="float", show_default=True,
+              help="Under --qat: what the rounded network learns from - its own float network (stage outputs "
+                   "and embedding, hints kept) or EdgeFace (embedding terms only).")
 @click.option("--recalibrate-every", default=50, show_default=True,
               help="Under --qat: steps between re-taking the activation ranges (min/max over clean crops).")
 @click.option("--seed", default=0, show_default=True)
@@ -282,7 +287,7 @@ def start_student(teacher: ex.EdgeNeXt, crops: np.ndarray, train_idx: np.ndarray
 @boundary
 def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limit, heldout, split_seed, batch_size,
             steps, max_minutes, lr, hint_weight, rel_weight, mixup, cutmix, aug_strength, eval_every, qat,
-            recalibrate_every, seed, threads, no_export):
+            qat_teacher, recalibrate_every, seed, threads, no_export):
     """Distil EdgeFace-XXS into its INT8-friendly self, one resumable stage per run."""
     from .crops import build_crops
     from .onnx_teacher import EDGEFACE_XXS
@@ -309,18 +314,26 @@ def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limi
     params = count_macs(ex.fold(model) if model.config.form == "student" else model)["params"]
     click.echo(f"stage {stage}: {len(crops)} crops ({len(held)} held out); exported network {macs / 1e6:.2f}M MACs, "
                f"{params / 1e6:.3f}M params, {model.config.embedding_size}-D")
+    learn_from, learn_std = teacher, ex.TEACHER_STD
     if qat:
         natural = None
         if model.config.form == "student":
             natural = ex.fold(model)
             model = ex.equalise(natural, calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
+        float_model = copy.deepcopy(model).eval()
         model = ex.prepare_qat(model, natural)
         calibration = calibration_inputs(crops, train_idx, CONVERT_CALIBRATION, seed, INPUT_STD)
         calibrate(model, calibration)
-        hint_weight = 0.0  # the folded, equalised streams are scaled per channel: no longer EdgeFace's
+        if qat_teacher == "float":
+            for p in float_model.parameters():
+                p.requires_grad_(False)
+            learn_from, learn_std = float_model, INPUT_STD
+        else:
+            hint_weight = 0.0  # the folded, equalised streams are scaled per channel: no longer EdgeFace's
     model = model.to(memory_format=torch.channels_last)
     recipe = ViewRecipe(batch_size, mixup, cutmix, aug_strength, 112)
-    trainer = Trainer(model, teacher, basis, optimiser([model], lr, 5e-5), recipe, hint_weight, rel_weight)
+    trainer = Trainer(model, learn_from, basis, optimiser([model], lr, 5e-5), recipe, hint_weight, rel_weight,
+                      learn_std)
     sets = eval_sets(crops, held, fit, teacher)
     before = figures(model, basis, sets)
     click.echo(f"before: {json.dumps(before)}")
@@ -331,6 +344,7 @@ def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limi
     result = run_stage(trainer, torch.from_numpy(crops), torch.from_numpy(train_idx), sets, opts)
     record = {"stage": stage, "start": str(resume or "EdgeFace-XXS (edge_model.edgenext.student_from_edgeface)"),
               "crops": len(crops), "heldout": len(held), "batch_size": batch_size, "lr": lr, "qat": qat,
+              "qat_teacher": qat_teacher if qat else None,
               "hint_weight": hint_weight, "rel_weight": rel_weight, "macs": macs, "params": params,
               "before": before, **result, "command": " ".join(sys.argv[1:])}
     save_stage(out_dir / "checkpoints" / f"stage-{stage}.pt", trainer.model, basis, record)
