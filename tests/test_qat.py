@@ -70,21 +70,19 @@ def test_activation_rounding_uses_the_calibrated_range():
     assert quant.hi.item() == 6.0  # frozen outside training
 
 
-def test_a_frozen_range_stays_put_in_training_until_recalibrated():
-    quant = ActFakeQuant(momentum=0.0)
+def _range_after_a_training_batch(momentum: float, batch: list[float]) -> tuple[float, float]:
+    quant = ActFakeQuant(momentum=momentum)
     quant.observing = True
-    quant(torch.tensor([-1.0, 2.0]))
+    quant(torch.tensor([-1.0, 2.0]))  # calibrated to [-1, 2]
     quant.observing = False
     quant.train()
-    quant(torch.tensor([-50.0, 50.0]))
-    assert (quant.lo.item(), quant.hi.item()) == (-1.0, 2.0)
-    moving = ActFakeQuant(momentum=0.5)
-    moving.observing = True
-    moving(torch.tensor([-1.0, 2.0]))
-    moving.observing = False
-    moving.train()
-    moving(torch.tensor([-3.0, 4.0]))
-    assert (moving.lo.item(), moving.hi.item()) == (-2.0, 3.0)
+    quant(torch.tensor(batch))
+    return quant.lo.item(), quant.hi.item()
+
+
+def test_a_frozen_range_stays_put_in_training_until_recalibrated():
+    assert _range_after_a_training_batch(0.0, [-50.0, 50.0]) == (-1.0, 2.0)
+    assert _range_after_a_training_batch(0.5, [-3.0, 4.0]) == (-2.0, 3.0)  # a moving range moves halfway
 
 
 def test_rounding_sits_where_tflite_stores_int8_tensors():
