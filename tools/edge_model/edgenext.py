@@ -718,7 +718,7 @@ def prepare_qat(folded: EdgeNeXt, natural: EdgeNeXt | None = None) -> EdgeNeXt:
     if natural is not None:
         nat = dict(natural.named_parameters())
         for name, value in list(model.named_parameters()):
-            owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+            owner, _, attr = name.rpartition(".")
             base = nat[name].detach()
             factor = torch.where(base != 0, value.detach() / torch.where(base != 0, base, 1), 1.0)
             parametrize.register_parametrization(model.get_submodule(owner), attr, Rescaled(factor))
@@ -764,7 +764,7 @@ def strip_qat(model: EdgeNeXt) -> EdgeNeXt:
     try:
         state = {}
         for key in plain.state_dict():
-            owner, attr = key.rsplit(".", 1) if "." in key else ("", key)
+            owner, _, attr = key.rpartition(".")
             state[key] = getattr(model.get_submodule(owner), attr).detach().cpu().clone()
     finally:
         for m in rounders:
