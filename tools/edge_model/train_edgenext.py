@@ -22,7 +22,6 @@ stage.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import sys
@@ -324,7 +323,7 @@ def command(roots, out_dir, teacher_path, resume, max_macs, dim, cache_dir, limi
         if model.config.form == "student":
             natural = ex.fold(model)
             model = ex.equalise(natural, calibration_inputs(crops, train_idx, 256, seed, INPUT_STD))
-        float_model = copy.deepcopy(model).eval()
+        float_model = model.eval()  # prepare_qat works on a copy: this stays the float network
         model = ex.prepare_qat(model, natural)
         calibration = calibration_inputs(crops, train_idx, CONVERT_CALIBRATION, seed, INPUT_STD)
         calibrate(model, calibration)
